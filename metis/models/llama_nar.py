@@ -1,0 +1,196 @@
+"""Bidirectional Llama-style masked-generative transformer ("LlamaNAR"), shared by Metis stage 1,
+MaskGCT T2S and MaskGCT S2A. Behaviour follows ARCHITECTURE.md §1; parameter names are the
+published checkpoints' keys (under the `diff_estimator.` prefix of the owning model).
+
+Axes: b batch, t frames (or prefix + frames), d hidden size, h heads, e head dim (= d / h).
+
+    x ─┬─ (+ cond_mlp(cond))            condition variant (S2A)
+       └─ [cond_mlp(prefix) ; x]         prefix variant (T2S / Metis TTS)
+    for each layer:  x += o_proj(attn(AdaRMS(x, c)));  x += mlp(AdaRMS(x, c))
+    out = AdaRMS(x, c),  c = diff_step_mlp(sinusoid(t))  (one vector per sample)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """(b,) raw mask time in [0, 1] -> (b, dim): [sin(t f_k), cos(t f_k)], f_k = 10000^(-k/(dim/2-1)).
+
+    t is deliberately NOT scaled by 1000 (quirk Q18): the released weights were trained this way.
+    """
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * -(math.log(10000) / (half - 1)))
+    angles = t.float()[:, None] * freqs[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def two_layer_mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
+    """Linear -> SiLU -> Linear; keys `.0.*` and `.2.*` as in the published files."""
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.SiLU(), nn.Linear(d_hidden, d_out))
+
+
+class AdaptiveRMSNorm(nn.Module):
+    """RMSNorm whose gain is predicted per sample from the diffusion-time vector c.
+
+    out = to_weight(c)[:, None, :] * x / sqrt(mean(x^2) + eps); no shift, no static weight.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.to_weight = nn.Linear(dim, dim)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """x (b, t, d), c (b, d) -> (b, t, d)."""
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.to_weight(c)[:, None, :] * x.to(dtype)).to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat([-b, a], dim=-1)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE, rotate-half convention, base 10000; positions are not capped (max_position unused)."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # not in the published state_dict
+
+    def forward(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> cos, sin of shape (t, e)."""
+        pos = torch.arange(length, device=device, dtype=torch.float32)
+        angles = pos[:, None] * self.inv_freq.to(device)[None, :]
+        emb = torch.cat([angles, angles], dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, n_heads: int):
+        super().__init__()
+        assert dim % n_heads == 0, f"hidden size {dim} is not divisible by {n_heads} heads"
+        self.n_heads = n_heads
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.o_proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        """x (b, t, d); cos/sin (t, e); key_bias (b, 1, 1, t) additive, 0 or dtype-min -> (b, t, d)."""
+        b, t, d = x.shape
+        q, k, v = (p(x).view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q = q * cos + rotate_half(q) * sin  # (b, h, t, e)
+        k = k * cos + rotate_half(k) * sin
+        # Non-causal: every query sees every valid key; padded query rows are computed, never masked.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, dim: int, n_heads: int):
+        super().__init__()
+        self.self_attn = SelfAttention(dim, n_heads)
+        self.mlp = SwiGLU(dim, 4 * dim)
+        self.input_layernorm = AdaptiveRMSNorm(dim)
+        self.post_attention_layernorm = AdaptiveRMSNorm(dim)
+
+    def forward(self, x, c, cos, sin, key_bias):
+        x = x + self.self_attn(self.input_layernorm(x, c), cos, sin, key_bias)
+        return x + self.mlp(self.post_attention_layernorm(x, c))
+
+
+class LlamaNAR(nn.Module):
+    """The `diff_estimator` of T2S / Metis (prefix variant) and S2A (condition variant).
+
+    Args:
+        hidden_size: d. num_layers, num_heads: stack size (head dim = d / heads).
+        use_cond_mlp: build `cond_mlp` (d -> 4d -> d) for a phone prefix or an added condition.
+        vestigial_embed_tokens: keep S2A's zero-size `embed_tokens.weight` [0, 256] key (Q14) so
+            that the released S2A files load strictly; it is never used.
+        gradient_checkpointing: recompute each layer in backward (saves activation memory).
+    """
+
+    def __init__(self, hidden_size: int, num_layers: int, num_heads: int, use_cond_mlp: bool = False,
+                 vestigial_embed_tokens: bool = False, gradient_checkpointing: bool = False):
+        super().__init__()
+        d = hidden_size
+        self.layers = nn.ModuleList(DecoderLayer(d, num_heads) for _ in range(num_layers))
+        self.norm = AdaptiveRMSNorm(d)
+        self.diff_step_mlp = two_layer_mlp(d, 4 * d, d)
+        self.cond_mlp = two_layer_mlp(d, 4 * d, d) if use_cond_mlp else None
+        self.embed_tokens = nn.Embedding(0, 256) if vestigial_embed_tokens else None
+        self.rotary = RotaryEmbedding(d // num_heads)
+        self.hidden_size = d
+        self.gradient_checkpointing = gradient_checkpointing
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, x_mask: torch.Tensor | None = None,
+                cond: torch.Tensor | None = None, prefix: torch.Tensor | None = None,
+                prefix_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """
+        Args:
+            x: (b, t, d) summed input embedding. t: (b,) mask time in [0, 1].
+            x_mask: (b, t) 1 for valid frames, 0 for padding (None = all valid).
+            cond: (b, t, d) frame-aligned condition, added through cond_mlp (S2A).
+            prefix: (b, p, d) prefix embedding (phones), passed through cond_mlp and prepended;
+                p = 0 behaves exactly like no prefix (the CFG unconditional branch).
+            prefix_mask: (b, p) validity of the prefix (padded phone slots still take RoPE positions, Q19).
+        Returns:
+            (b, t, d) hidden states for the x positions only.
+        """
+        b, n, _ = x.shape
+        if x_mask is None:
+            x_mask = x.new_ones(b, n)
+        if cond is not None:
+            x = x + self.cond_mlp(cond)
+        p = 0
+        if prefix is not None and prefix.shape[1] > 0:
+            if self.cond_mlp is None:
+                raise ValueError("a prefix was given but this estimator was built without cond_mlp (use_cond_mlp=False)")
+            p = prefix.shape[1]
+            if prefix_mask is None:
+                prefix_mask = x_mask.new_ones(b, p)
+            x = torch.cat([self.cond_mlp(prefix), x], dim=1)
+            x_mask = torch.cat([prefix_mask.to(x_mask.dtype), x_mask], dim=1)
+
+        c = self.diff_step_mlp(sinusoidal_embedding(t, self.hidden_size).to(x.dtype))  # (b, d)
+        cos, sin = self.rotary(x.shape[1], x.device, x.dtype)
+        key_bias = torch.zeros(x_mask.shape, dtype=x.dtype, device=x.device)
+        key_bias = key_bias.masked_fill(x_mask == 0, torch.finfo(x.dtype).min)[:, None, None, :]  # (b, 1, 1, t)
+
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, c, cos, sin, key_bias, use_reentrant=False)
+            else:
+                x = layer(x, c, cos, sin, key_bias)
+        return self.norm(x, c)[:, p:]
+
+    def reset_parameters(self, std: float = 0.02) -> None:
+        """Fresh init for training from scratch, as the reference ends up with (Q1, Q3): every Linear
+        N(0, std) with zero bias, including the adaptive-norm gains (so they start near 0, not 1)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
