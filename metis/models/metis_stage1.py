@@ -1,0 +1,261 @@
+"""Metis stage 1 / MaskGCT T2S: masked generative modelling of semantic tokens (ARCHITECTURE.md §2).
+
+One class covers the published checkpoints:
+- Metis base (no phones, no adapter) = MaskGCT T2S without phone conditioning;
+- Metis TTS / MaskGCT T2S (`use_phone_cond=True`: phone ids become a prefix of the estimator input);
+- Metis se / tse / vc / omni (zero-gate `SimpleAdapter` adding frame-aligned features to the input);
+- Metis l2s (a plain Linear-SiLU-Linear adapter, no gate).
+Module names are the published state_dict keys, so released files load with a strict load.
+
+Axes: b batch, t frames (prompt + target), p phones, d hidden size, v semantic vocabulary,
+c adapter condition features (w2v-BERT 1024 or visual 768).
+
+    training:  x0 ──corrupt(t)──> xt = m·mask_emb + (1-m)·cond_emb(x0)  [+ adapter(f)]
+               logits = to_logit(diff_estimator(xt, t, x_mask, prefix=phone_emb(phones)))
+    inference: prompt ids + T masked slots ──iterative_decode (CFG on hidden states)──> T ids
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from metis.models.decoding import UniformNoise, cfg_combine, iterative_decode
+from metis.models.llama_nar import LlamaNAR, two_layer_mlp
+
+FT_TYPES_WITH_ADAPTER = ("vc", "se", "tse", "l2s", "omni")
+FT_TYPES = (None, "tts") + FT_TYPES_WITH_ADAPTER
+
+
+class SimpleAdapter(nn.Module):
+    """Zero-gated feature adapter: a(f) = gate_scale · out_linear(SiLU(in_linear(f))).
+
+    The gate starts at 0 so that adding the adapter to a pretrained model changes nothing until
+    fine-tuning opens it. `gate_scale` is stored with shape [1], as in the published files.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.in_linear = nn.Linear(in_dim, 4 * out_dim)
+        self.out_linear = nn.Linear(4 * out_dim, out_dim)
+        self.gate_scale = nn.Parameter(torch.zeros(1))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        """f (b, t, c) -> (b, t, d)."""
+        return self.gate_scale * self.out_linear(nn.functional.silu(self.in_linear(f)))
+
+
+class Stage1Output(NamedTuple):
+    logits: torch.Tensor  # (b, t, v)
+    final_mask: torch.Tensor  # (b, t, 1) float: 1 where the loss applies (masked and not padding)
+    x0: torch.Tensor  # (b, t) target ids
+    prompt_len: torch.Tensor  # (b,) long
+    mask_prob: torch.Tensor  # (b,) mask ratio used per sample
+
+
+class MetisStage1(nn.Module):
+    """Text/feature-to-semantic masked generative model.
+
+    Args:
+        hidden_size, num_layers, num_heads: estimator size (published: 1536, 16, 16).
+        cond_codebook_size: v, number of semantic codes (8192).
+        cfg_scale: probability of dropping the prompt for a whole training batch (unconditional case).
+        use_phone_cond: build `phone_emb` and the estimator's `cond_mlp` (tts, omni).
+        ft_type: None/"tts" (no adapter) or one of vc, se, tse, l2s, omni (builds `cond_adapter`).
+        cond_dim: adapter input size c (1024 for w2v-BERT features, 768 for l2s visual features).
+        use_zero_gate_adapter: None means True unless ft_type == "l2s", which uses a plain MLP (Q11).
+        phone_vocab_size, phone_pad_id: phone table size and its padding row (zero at init).
+        mask_prob_floor: lower bound of the training mask ratio sin(πt/2).
+        prompt_max_ratio: training prompt lengths are drawn below int(ratio · T).
+        gradient_checkpointing: recompute each estimator layer in backward.
+    """
+
+    def __init__(self, hidden_size: int = 1536, num_layers: int = 16, num_heads: int = 16,
+                 cond_codebook_size: int = 8192, cfg_scale: float = 0.15, use_phone_cond: bool = False,
+                 ft_type: str | None = None, cond_dim: int = 1024, use_zero_gate_adapter: bool | None = None,
+                 phone_vocab_size: int = 1024, phone_pad_id: int = 1023, mask_prob_floor: float = 0.2,
+                 prompt_max_ratio: float = 0.4, gradient_checkpointing: bool = False):
+        super().__init__()
+        if ft_type not in FT_TYPES:
+            raise ValueError(f"ft_type must be one of {FT_TYPES}, got {ft_type!r}")
+        d = hidden_size
+        self.hidden_size = d
+        self.cond_codebook_size = cond_codebook_size
+        self.cfg_scale = cfg_scale
+        self.use_phone_cond = use_phone_cond
+        self.ft_type = ft_type
+        self.mask_prob_floor = mask_prob_floor
+        self.prompt_max_ratio = prompt_max_ratio
+        self.phone_pad_id = phone_pad_id
+
+        self.mask_emb = nn.Embedding(1, d)
+        self.cond_emb = nn.Embedding(cond_codebook_size, d)
+        self.to_logit = nn.Linear(d, cond_codebook_size)
+        self.phone_emb = nn.Embedding(phone_vocab_size, d, padding_idx=phone_pad_id) if use_phone_cond else None
+        self.diff_estimator = LlamaNAR(d, num_layers, num_heads, use_cond_mlp=use_phone_cond,
+                                       gradient_checkpointing=gradient_checkpointing)
+        self.cond_adapter = None
+        if ft_type in FT_TYPES_WITH_ADAPTER:
+            zero_gate = (ft_type != "l2s") if use_zero_gate_adapter is None else use_zero_gate_adapter
+            self.cond_adapter = SimpleAdapter(cond_dim, d) if zero_gate else two_layer_mlp(cond_dim, 4 * d, d)
+        self.reset_parameters()
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.diff_estimator.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, on: bool) -> None:
+        self.diff_estimator.gradient_checkpointing = on
+
+    def reset_parameters(self) -> None:
+        """From-scratch init as the reference ends up with (Q1, Q3): every Linear and Embedding of the
+        T2S part N(0, 0.02) with zero biases (adaptive-norm gains included, so they start near 0),
+        the phone padding row zero. The adapter keeps torch's default Linear init; a SimpleAdapter's
+        gate is 0, so a fresh adapter is a no-op on the input."""
+        for emb in (self.mask_emb, self.cond_emb, self.phone_emb):
+            if emb is not None:
+                nn.init.normal_(emb.weight, std=0.02)
+        if self.phone_emb is not None:
+            with torch.no_grad():
+                self.phone_emb.weight[self.phone_pad_id].zero_()
+        nn.init.normal_(self.to_logit.weight, std=0.02)
+        nn.init.zeros_(self.to_logit.bias)
+        self.diff_estimator.reset_parameters(std=0.02)
+        if isinstance(self.cond_adapter, SimpleAdapter):
+            nn.init.zeros_(self.cond_adapter.gate_scale)
+
+    # ---------------------------------------------------------------- inputs
+
+    def embed_input(self, x0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x0 (b, t) ids, mask (b, t, 1) or (b, t), 1 = masked -> xt (b, t, d) = m·mask_emb + (1-m)·cond_emb(x0)."""
+        if mask.dim() == 2:
+            mask = mask[..., None]
+        mask = mask.to(self.mask_emb.weight.dtype)
+        return mask * self.mask_emb.weight[0] + (1 - mask) * self.cond_emb(x0)
+
+    def adapter(self, finetune_cond: torch.Tensor) -> torch.Tensor:
+        """finetune_cond (b, t, c) -> (b, t, d), added to every frame, prompt frames included."""
+        if self.cond_adapter is None:
+            raise ValueError(f"finetune_cond was given but this model (ft_type={self.ft_type!r}) has no cond_adapter")
+        return self.cond_adapter(finetune_cond)
+
+    def phone_prefix(self, phone_id: torch.Tensor | None) -> torch.Tensor | None:
+        """phone_id (b, p) -> phone embeddings (b, p, d), or None without phones."""
+        if phone_id is None:
+            return None
+        if self.phone_emb is None:
+            raise ValueError("phone_id was given but this model was built with use_phone_cond=False")
+        return self.phone_emb(phone_id)
+
+    # ---------------------------------------------------------------- training
+
+    def forward_diffusion(self, x0: torch.Tensor, t: torch.Tensor, prompt_len: torch.Tensor | None = None):
+        """Corrupt x0 at mask time t (§2.3), drawing from torch's global RNG in the reference's order:
+        [u (1,) for prompt dropout, randint (b,) prompt lengths — both only without prompt_len], then a
+        Bernoulli (b, t) mask.
+
+        Args:
+            x0: (b, t) ids; t: (b,) mask time in [0, 1].
+            prompt_len: (b,) caller-chosen prompt lengths (Metis); None draws them as the reference does.
+        Returns:
+            xt (b, t, d), t (b,), mask (b, t, 1) float (1 = masked), prompt_len (b,) long, mask_prob (b,).
+        """
+        b, n = x0.shape
+        mask_prob = torch.sin(t * math.pi / 2).clamp(min=self.mask_prob_floor)  # (b,)
+        if prompt_len is None:
+            # One draw per batch: with probability cfg_scale the whole batch is unconditional.
+            if torch.rand(1) > self.cfg_scale:
+                low, high = min(n // 4, 5), int(n * self.prompt_max_ratio)  # min, not max: reference quirk (Q4)
+                if high <= low:
+                    raise ValueError(f"cannot draw a prompt length in [{low}, {high}) for a padded length of {n} frames (Q4: T2S needs T >= 3)")
+                prompt_len = torch.randint(low, high, (b,)).to(x0.device)
+            else:
+                prompt_len = torch.zeros(b, dtype=torch.long, device=x0.device)
+        else:
+            prompt_len = torch.as_tensor(prompt_len, dtype=torch.long, device=x0.device)
+            if prompt_len.shape != (b,):
+                raise ValueError(f"prompt_len must have shape ({b},), got {tuple(prompt_len.shape)}")
+            if bool((prompt_len >= n).any()) or bool((prompt_len < 0).any()):
+                raise ValueError(f"prompt_len must be in [0, {n}) so that a frame can be masked, got {prompt_len.tolist()}")
+
+        mask = torch.bernoulli(torch.ones(b, n, device=x0.device) * mask_prob[:, None].to(x0.device))
+        is_prompt = torch.arange(n, device=x0.device)[None, :] < prompt_len[:, None]
+        mask = mask.masked_fill(is_prompt, 0)
+        # A row with nothing masked gets its first frame after the prompt masked, even if that
+        # frame is padding (Q5).
+        empty = (mask.sum(dim=1) == 0).nonzero()[:, 0]
+        mask[empty, prompt_len[empty]] = 1
+        mask = mask[..., None]
+        return self.embed_input(x0, mask), t, mask, prompt_len, mask_prob
+
+    def forward(self, x0: torch.Tensor, x_mask: torch.Tensor, phone_id: torch.Tensor | None = None,
+                phone_mask: torch.Tensor | None = None, finetune_cond: torch.Tensor | None = None,
+                prompt_len: torch.Tensor | None = None) -> Stage1Output:
+        """One training pass: draw t ~ U(0,1) per sample (clamped to [1e-5, 1]), corrupt, predict.
+
+        Args:
+            x0: (b, t) target ids. x_mask: (b, t) 1 for valid frames, 0 for padding.
+            phone_id, phone_mask: (b, p) phone prefix and its validity (padded slots still take
+                RoPE positions, Q19).
+            finetune_cond: (b, t, c) adapter features. prompt_len: (b,) optional fixed prompt lengths.
+        Returns:
+            Stage1Output; the loss (cross-entropy where final_mask = 1) is left to the trainer.
+        """
+        t = torch.rand(x0.shape[0], device=x0.device).clamp(1e-5, 1.0)
+        xt, t, mask, prompt_len, mask_prob = self.forward_diffusion(x0, t, prompt_len)
+        if finetune_cond is not None:
+            xt = xt + self.adapter(finetune_cond)
+        embeds = self.diff_estimator(xt, t, x_mask, prefix=self.phone_prefix(phone_id), prefix_mask=phone_mask)
+        final_mask = mask * x_mask[..., None].to(mask.dtype)
+        return Stage1Output(self.to_logit(embeds), final_mask, x0, prompt_len, mask_prob)
+
+    # ---------------------------------------------------------------- inference
+
+    @torch.no_grad()
+    def reverse_diffusion(self, prompt: torch.Tensor, target_len: int, phone_id: torch.Tensor | None = None,
+                          finetune_cond: torch.Tensor | None = None, temp: float = 0.9, filter_thres: float = 0.98,
+                          n_timesteps: int = 25, cfg: float = 2.5, rescale_cfg: float = 0.75,
+                          noise: UniformNoise | None = None,
+                          preschedule_mask_indices: torch.Tensor | None = None) -> torch.Tensor:
+        """Generate target_len ids after a prompt (§2.4).
+
+        Args:
+            prompt: (b, tp) prompt ids; tp may be 0.
+            phone_id: (b, p) phones (all valid). finetune_cond: (b, tp + target_len, c) adapter features.
+            cfg: guidance weight on hidden states; 0 skips the unconditional pass. The unconditional
+                pass drops the prompt and the phones but keeps finetune_cond[:, tp:] (Q8).
+            noise: uniform source (replay recorded draws with ReplayNoise); default torch's RNG.
+            preschedule_mask_indices: (target_len,) fixed remask order.
+        Returns:
+            ids (b, target_len); the caller concatenates them after the prompt.
+        """
+        b, tp = prompt.shape
+        device = self.cond_emb.weight.device
+        prompt = prompt.to(device)
+        prompt_emb = self.cond_emb(prompt)  # (b, tp, d)
+        phones = self.phone_prefix(None if phone_id is None else phone_id.to(device))
+        adapt = None
+        if finetune_cond is not None:
+            if finetune_cond.shape[:2] != (b, tp + target_len):
+                raise ValueError(f"finetune_cond must cover prompt + target: expected shape ({b}, {tp + target_len}, c), "
+                                 f"got {tuple(finetune_cond.shape)}")
+            adapt = self.adapter(finetune_cond.to(device))  # (b, tp + t, d), constant across steps
+
+        def logits_fn(ids: torch.Tensor, is_masked: torch.Tensor, t_i: float) -> torch.Tensor:
+            t = torch.full((b,), t_i, dtype=torch.float32, device=device)
+            cur = self.embed_input(ids, is_masked)  # (b, t, d)
+            x = torch.cat([prompt_emb, cur], dim=1)
+            if adapt is not None:
+                x = x + adapt
+            e = self.diff_estimator(x, t, prefix=phones)[:, tp:]
+            if cfg > 0:
+                x_u = cur if adapt is None else cur + adapt[:, tp:]
+                e = cfg_combine(e, self.diff_estimator(x_u, t), cfg, rescale_cfg)
+            return self.to_logit(e)
+
+        return iterative_decode(logits_fn, b, target_len, n_timesteps, temp=temp, filter_thres=filter_thres,
+                                device=device, noise=noise, preschedule_mask_indices=preschedule_mask_indices)
