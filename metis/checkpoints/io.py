@@ -1,0 +1,262 @@
+"""Checkpoint files: atomic safetensors writes, strict loads that name every mismatch, and
+finding a published file on disk or on the Hugging Face Hub.
+
+The reference loads its checkpoints non-strictly and overwrites adapter tensors without shape
+checks (ARCHITECTURE.md Q12), so a wrong or truncated file loads "successfully". Everything here
+fails loudly instead, naming the file and the keys.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+# "org/name": a Hugging Face model repo id (letters, digits, '-', '_', '.').
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint's keys or shapes differ from what the model expects.
+
+    Attributes:
+        source: the file (or description) the tensors came from.
+        missing: keys the model needs that the file lacks.
+        unexpected: keys in the file that the model does not have.
+        mismatched: {key: (shape in file, shape in model)}.
+    """
+
+    def __init__(self, source: str, missing: Iterable[str] = (), unexpected: Iterable[str] = (),
+                 mismatched: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]] | None = None,
+                 note: str = ""):
+        self.source = str(source)
+        self.missing = sorted(missing)
+        self.unexpected = sorted(unexpected)
+        self.mismatched = dict(sorted((mismatched or {}).items()))
+        lines = [f"checkpoint {self.source} does not match the model"
+                 f" ({len(self.missing)} missing, {len(self.unexpected)} unexpected, {len(self.mismatched)} mis-shaped)"]
+        if note:
+            lines.append(note)
+        lines += [f"  missing:     {k}" for k in self.missing]
+        lines += [f"  unexpected:  {k}" for k in self.unexpected]
+        lines += [f"  mis-shaped:  {k}: file {list(f)} vs model {list(m)}" for k, (f, m) in self.mismatched.items()]
+        super().__init__("\n".join(lines))
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """A checkpoint file could not be found locally, in the Hugging Face cache, or on the Hub."""
+
+
+# ---------------------------------------------------------------------------------------- saving
+
+
+def _to_saveable(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU tensors, each owning its storage.
+
+    safetensors refuses tensors that share storage (tied weights, views of one buffer); the
+    published files store every key separately, so shared ones are cloned.
+    """
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple[torch.device, int]] = set()
+    for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise TypeError(f"state_dict keys must be str, got {type(key).__name__} {key!r}")
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"state_dict[{key!r}] is a {type(value).__name__}, not a tensor")
+        if value.device.type == "meta":
+            raise ValueError(f"state_dict[{key!r}] is on the meta device and has no data to save")
+        t = value.detach().to("cpu").contiguous()
+        if t.numel():
+            storage_id = (t.device, t.untyped_storage().data_ptr())
+            if storage_id in seen or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+                t = t.clone()
+            seen.add((t.device, t.untyped_storage().data_ptr()))
+        out[key] = t
+    return out
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders; the rename itself is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: Mapping[str, str] | None = None) -> Path:
+    """Write `state_dict` to `path` atomically.
+
+    The tensors go to a temporary file in the same folder, which is flushed to disk and then
+    renamed over `path`: a crash or error mid-write leaves any previous file at `path` intact.
+
+    Args:
+        state_dict: key -> tensor (any device; shared-storage tensors are stored separately).
+        path: destination `.safetensors` file; its folder is created if needed.
+        metadata: optional str -> str header metadata.
+    Returns:
+        The destination path.
+    """
+    path = Path(path)
+    if metadata is not None:
+        bad = {k: v for k, v in metadata.items() if not (isinstance(k, str) and isinstance(v, str))}
+        if bad:
+            raise TypeError(f"safetensors metadata must map str to str; offending entries: {bad}")
+        metadata = dict(metadata)
+    tensors = _to_saveable(state_dict)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb+") as f:  # save_file closes without fsync: push the bytes to disk
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+# --------------------------------------------------------------------------------------- loading
+
+
+def _matches(key: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
+
+
+def check_state_dict(expected: Mapping[str, torch.Size | tuple[int, ...]], actual: Mapping[str, torch.Tensor], *,
+                     source: str, allow_missing: Iterable[str] = (), ignore_zero_size: bool = True,
+                     note: str = "") -> None:
+    """Raise CheckpointMismatchError unless `actual` has exactly the keys and shapes of `expected`.
+
+    Args:
+        expected: key -> shape the model needs.
+        actual: key -> tensor from the file.
+        source: the file name, used in the error message.
+        allow_missing: keys (or fnmatch patterns such as "cond_adapter.*") the file may lack.
+        ignore_zero_size: accept zero-size tensors (S2A's vestigial `diff_estimator.embed_tokens.weight`
+            [0, 256], Q14) whether the file has them or not.
+        note: an extra line for the error message.
+    """
+    allow_missing = tuple(allow_missing)
+    missing, unexpected, mismatched = [], [], {}
+    for key, shape in expected.items():
+        shape = tuple(shape)
+        if key not in actual:
+            zero = ignore_zero_size and 0 in shape
+            if not (zero or _matches(key, allow_missing)):
+                missing.append(key)
+        elif tuple(actual[key].shape) != shape:
+            mismatched[key] = (tuple(actual[key].shape), shape)
+    for key, value in actual.items():
+        if key not in expected and not (ignore_zero_size and value.numel() == 0):
+            unexpected.append(key)
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(source, missing, unexpected, mismatched, note)
+
+
+def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str,
+              allow_missing: Iterable[str] = (), ignore_zero_size: bool = True, assign: bool = False) -> nn.Module:
+    """Strictly load `state_dict` into `model`.
+
+    Unlike the reference's non-strict loads (Q12), every missing, unexpected or mis-shaped key is
+    an error that names `source` and the key (with both shapes). Values are copied into the
+    model's tensors (converting dtype), or assigned when `assign` is true.
+
+    Args:
+        model: the module to fill.
+        state_dict: key -> tensor, keys as in `model.state_dict()`.
+        source: the file the tensors came from (for the error message).
+        allow_missing: keys or fnmatch patterns the file may lack (they keep their current values).
+        ignore_zero_size: accept zero-size tensors present or absent (Q14).
+        assign: pass-through to `load_state_dict(assign=...)`.
+    Returns:
+        `model`.
+    """
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    check_state_dict(expected, state_dict, source=source, allow_missing=allow_missing, ignore_zero_size=ignore_zero_size)
+    to_load = {k: v for k, v in state_dict.items() if k in expected}
+    result = model.load_state_dict(to_load, strict=False, assign=assign)
+    # The check above already covered keys; this guards against load_state_dict disagreeing.
+    leftover = [k for k in result.missing_keys if k in to_load] + list(result.unexpected_keys)
+    if leftover:
+        raise CheckpointMismatchError(source, unexpected=leftover, note="load_state_dict rejected these keys")
+    return model
+
+
+# ------------------------------------------------------------------------------------- resolving
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def resolve(source: str | os.PathLike, filename: str, *, revision: str | None = None,
+            cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None) -> Path:
+    """Find checkpoint `filename` (a path inside the published repo, e.g. "metis_base/model.safetensors").
+
+    Args:
+        source: one of
+            - a local file: returned as is;
+            - a local folder laid out like the published repo: `source/filename`;
+            - a Hugging Face repo id ("amphion/metis"): fetched with `hf_hub_download`, from the Hub
+              when online, else from the local Hugging Face cache.
+        filename: the file's path inside the repo / folder.
+        revision: Hub revision (branch, tag or commit); default "main".
+        cache_dir: Hugging Face cache folder; default $HF_HUB_CACHE (read at call time), else the
+            huggingface_hub default.
+        local_files_only: never touch the network; default true when $HF_HUB_OFFLINE is set.
+    Returns:
+        The local path of the file.
+    Raises:
+        CheckpointNotFoundError: naming the repo id, the filename and the local-folder alternative.
+    """
+    src = Path(source).expanduser()
+    if src.is_file():
+        return src
+    if src.is_dir():
+        path = src / filename
+        if not path.is_file():
+            raise CheckpointNotFoundError(f"{filename} not found in folder {src}: expected the file at {path}")
+        return path
+    text = str(source)
+    if not _REPO_ID.match(text):
+        raise CheckpointNotFoundError(
+            f"checkpoint source {text!r} is neither an existing file, an existing folder, nor a Hugging Face repo id (org/name)")
+
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    if cache_dir is None:
+        cache_dir = os.environ.get("HF_HUB_CACHE") or None
+    if local_files_only is None:
+        local_files_only = _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE") or bool(constants.HF_HUB_OFFLINE)
+    how_to = (f"Either download it (`hf download {text} {filename}`, online), or put the file at "
+              f"<folder>/{filename} and pass <folder> (or the file itself) as the source.")
+    try:
+        return Path(hf_hub_download(text, filename, revision=revision, cache_dir=cache_dir,
+                                    local_files_only=local_files_only))
+    except (LocalEntryNotFoundError, EntryNotFoundError, RepositoryNotFoundError) as e:
+        where = "offline and not in the Hugging Face cache" if local_files_only else "not available from the Hub or the cache"
+        raise CheckpointNotFoundError(
+            f"{filename} of Hugging Face repo {text} is {where} "
+            f"(cache: {cache_dir or constants.HF_HUB_CACHE}). {how_to}") from e
+    except HfHubHTTPError as e:
+        raise CheckpointNotFoundError(f"could not fetch {filename} from Hugging Face repo {text}: {e}. {how_to}") from e
