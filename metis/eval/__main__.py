@@ -1,0 +1,5 @@
+import sys
+
+from metis.eval.cli import main
+
+main(sys.argv[1:])

@@ -1,0 +1,60 @@
+"""The one interface every metric follows.
+
+A metric scores one generated waveform and returns named floats. What it needs besides the waveform
+(``reference`` clean audio, speaker ``prompt`` audio, ``text``) is declared in ``needs``; the runner skips
+a metric for an item that lacks one. Heavy models load on first use, never at construction.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+
+from metis.eval.audio import Audio
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric cannot run here (missing package or user checkpoint); the message says what to supply."""
+
+
+class Metric(ABC):
+    #: short name used on the command line and in reports
+    name: ClassVar[str]
+    #: inputs the metric needs besides the waveform: any of "reference", "prompt", "text"
+    needs: ClassVar[tuple[str, ...]] = ()
+    #: True when a higher value is better, per output key prefix (for plots and notes)
+    higher_is_better: ClassVar[bool] = True
+    #: a line for reports: which model or settings produced the numbers
+    description: str = ""
+
+    @abstractmethod
+    def score(
+        self,
+        wav: np.ndarray,
+        sr: int,
+        *,
+        reference: Audio | None = None,
+        prompt: Audio | None = None,
+        text: str | None = None,
+        lang: str = "en",
+    ) -> dict[str, float]:
+        """Score one waveform ``wav`` (time,) at rate ``sr``; returns ``{key: value}``."""
+
+    def extras(self) -> dict[str, str]:
+        """Text from the last ``score`` call worth keeping per utterance (e.g. an ASR hypothesis)."""
+        return {}
+
+    def check(self) -> None:
+        """Raise MetricUnavailable when the metric cannot run (called once before a run)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.description or self.name})"
+
+
+def require(module: str, package: str) -> None:
+    """Import check with an install hint naming the pip package."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MetricUnavailable(f"module '{module}' is missing: pip install {package}")

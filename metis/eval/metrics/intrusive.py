@@ -1,0 +1,88 @@
+"""Intrusive metrics: the generated waveform against a clean reference of the same utterance.
+
+PESQ (ITU-T P.862, wide band at 16 kHz, narrow band at 8 kHz), STOI/ESTOI and SI-SDR/SDR, through
+torchmetrics' functional API (which wraps the ``pesq`` and ``pystoi`` packages).
+Both signals are resampled to the metric's rate and trimmed to their common length.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from metis.eval.audio import Audio, align, resample
+from metis.eval.metrics.base import Metric, require
+
+
+def _pair(wav: np.ndarray, sr: int, reference: Audio, rate: int) -> tuple[torch.Tensor, torch.Tensor]:
+    est = resample(wav, sr, rate)
+    ref = reference.at(rate) if isinstance(reference, Audio) else resample(reference[0], reference[1], rate)
+    est, ref = align(est, ref)
+    return torch.from_numpy(est.astype(np.float64)), torch.from_numpy(ref.astype(np.float64))
+
+
+class PESQ(Metric):
+    """PESQ MOS-LQO; ``pesq_wb`` in [1.04, 4.64] and ``pesq_nb`` in [1.02, 4.55]."""
+
+    name = "pesq"
+    needs = ("reference",)
+
+    def __init__(self, modes: tuple[str, ...] = ("wb", "nb")):
+        bad = set(modes) - {"wb", "nb"}
+        if bad or not modes:
+            raise ValueError(f"PESQ modes must be 'wb' and/or 'nb', got {modes}")
+        self.modes = tuple(modes)
+        self.description = f"PESQ P.862 ({'/'.join(self.modes)}; wb at 16 kHz, nb at 8 kHz)"
+
+    def check(self) -> None:
+        require("pesq", "pesq")
+
+    def score(self, wav, sr, *, reference=None, prompt=None, text=None, lang="en"):
+        from torchmetrics.functional.audio.pesq import perceptual_evaluation_speech_quality
+
+        out = {}
+        for mode in self.modes:
+            rate = 16000 if mode == "wb" else 8000
+            est, ref = _pair(wav, sr, reference, rate)
+            out[f"pesq_{mode}"] = float(perceptual_evaluation_speech_quality(est, ref, rate, mode))
+        return out
+
+
+class STOI(Metric):
+    """STOI and extended STOI (pystoi resamples to 10 kHz itself); both in [0, 1]."""
+
+    name = "stoi"
+    needs = ("reference",)
+    description = "STOI / ESTOI (pystoi)"
+
+    def check(self) -> None:
+        require("pystoi", "pystoi")
+
+    def score(self, wav, sr, *, reference=None, prompt=None, text=None, lang="en"):
+        from torchmetrics.functional.audio.stoi import short_time_objective_intelligibility as stoi
+
+        est, ref = _pair(wav, sr, reference, reference[1])
+        rate = int(reference[1])
+        return {
+            "stoi": float(stoi(est, ref, rate, extended=False)),
+            "estoi": float(stoi(est, ref, rate, extended=True)),
+        }
+
+
+class SISDR(Metric):
+    """Scale-invariant SDR and BSS-eval SDR in dB, at the reference's rate."""
+
+    name = "sisdr"
+    needs = ("reference",)
+    description = "SI-SDR / SDR in dB (torchmetrics)"
+
+    def score(self, wav, sr, *, reference=None, prompt=None, text=None, lang="en"):
+        from torchmetrics.functional.audio import (
+            scale_invariant_signal_distortion_ratio,
+            signal_distortion_ratio,
+        )
+
+        est, ref = _pair(wav, sr, reference, reference[1])
+        return {
+            "si_sdr": float(scale_invariant_signal_distortion_ratio(est, ref)),
+            "sdr": float(signal_distortion_ratio(est, ref)),
+        }

@@ -1,0 +1,201 @@
+"""Results of a run: per-utterance CSV, a summary table (CSV + markdown, per subset), plots and wandb."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# display order of summary columns; keys not listed follow in alphabetical order
+ORDER = ["wer", "wer_corpus", "cer", "cer_corpus", "sim_wavlm", "sim_resemblyzer", "dnsmos_sig", "dnsmos_bak",
+         "dnsmos_ovrl", "dnsmos_p808", "nisqa", "utmos", "distillmos", "pesq_wb", "pesq_nb", "stoi", "estoi",
+         "si_sdr", "sdr"]
+_COUNT_SUFFIXES = ("_errors", "_ref_len")
+_RATE_KEYS = ("wer", "cer", "wer_corpus", "cer_corpus")
+
+
+def metric_keys(rows: list[dict]) -> list[str]:
+    """Numeric metric columns (no counts, no text), output keys before ``input_`` keys, in ORDER."""
+    keys = {k for r in rows for k, v in r.items() if isinstance(v, float) and k != "seconds"
+            and not k.endswith(_COUNT_SUFFIXES)}
+    for r in rows:  # corpus-level error rates come from counts
+        for base in ("wer", "cer", "input_wer", "input_cer"):
+            if f"{base}_errors" in r:
+                keys.add(f"{base}_corpus")
+
+    def rank(k: str):
+        base = k.removeprefix("input_")
+        return (k.startswith("input_"), ORDER.index(base) if base in ORDER else len(ORDER), base)
+
+    return sorted(keys, key=rank)
+
+
+def _mean(values: list[float]) -> float:
+    v = [x for x in values if isinstance(x, float) and not math.isnan(x)]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One summary row per subset (plus ``all`` when there are several): mean of each metric, corpus
+    WER/CER (total errors over total reference length), counts and audio hours."""
+    keys = metric_keys(rows)
+    subsets = list(dict.fromkeys(r["subset"] for r in rows))
+    groups = [(s, [r for r in rows if r["subset"] == s]) for s in subsets]
+    if len(subsets) > 1:
+        groups.append(("all", rows))
+    out = []
+    for name, rs in groups:
+        s = {"subset": name, "n": len(rs), "hours": round(sum(r["seconds"] for r in rs) / 3600, 4)}
+        for k in keys:
+            if k.endswith("_corpus"):
+                base = k.removesuffix("_corpus")
+                err = sum(r.get(f"{base}_errors", 0.0) for r in rs)
+                n = sum(r.get(f"{base}_ref_len", 0.0) for r in rs)
+                s[k] = err / n if n else float("nan")
+            else:
+                s[k] = _mean([r.get(k, float("nan")) for r in rs])
+        out.append(s)
+    return out
+
+
+def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if isinstance(r.get(k), float) and math.isnan(r[k]) else r.get(k, "")) for k in columns})
+
+
+def _display(key: str, value: float, task: str) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "–"
+    base = key.removeprefix("input_")
+    if base in _RATE_KEYS:
+        return f"{100 * value:.2f}"
+    if base.startswith("sim") and task == "l2s":
+        return f"{100 * value:.2f}"
+    return f"{value:.3f}"
+
+
+def _header(key: str, task: str) -> str:
+    base = key.removeprefix("input_")
+    label = base.upper() + " (%)" if base in _RATE_KEYS else base + (" (×100)" if base.startswith("sim")
+                                                                      and task == "l2s" else "")
+    return ("input " if key.startswith("input_") else "") + label
+
+
+def markdown(summary: list[dict], *, task: str, metrics: list[str], notes: list[str], stats: dict) -> str:
+    keys = [k for k in summary[0] if k not in ("subset", "n", "hours")]
+    lines = [f"# Evaluation: {task}", "", "| subset | n | hours | " + " | ".join(_header(k, task) for k in keys) + " |",
+             "|---|---|---|" + "---|" * len(keys)]
+    for s in summary:
+        lines.append(f"| {s['subset']} | {s['n']} | {s['hours']} | "
+                     + " | ".join(_display(k, s[k], task) for k in keys) + " |")
+    lines += ["", "Metrics:"] + [f"- {d}" for d in metrics]
+    if any(k.startswith("input_") for k in keys):
+        lines.append("- `input ...` columns score the unprocessed input (noisy speech / mixture): before vs after.")
+    if notes:
+        lines += ["", "Notes:"] + [f"- {n}" for n in notes]
+    fails = {k: v for k, v in stats.get("failures", {}).items() if v}
+    if fails:
+        lines += ["", "Failures (utterances skipped per metric): " + ", ".join(f"{k}: {v}" for k, v in fails.items())]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], out_dir: Path, *, task: str) -> list[Path]:
+    """Histograms of each metric and, where inputs were scored, before/after bars. Needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no plots (pip install matplotlib)")
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys = [k for k in metric_keys(rows) if not k.startswith("input_") and not k.endswith("_corpus")]
+    paths = []
+    if keys:
+        cols = min(3, len(keys))
+        nrows = math.ceil(len(keys) / cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
+        for ax, k in zip(axes.flat, keys):
+            v = [r[k] for r in rows if isinstance(r.get(k), float) and not math.isnan(r[k])]
+            ax.hist(v, bins=min(30, max(5, len(v))), color="tab:blue", alpha=0.8)
+            ax.set_title(f"{k} (mean {np.mean(v):.3f}, n={len(v)})" if v else k, fontsize=9)
+        for ax in list(axes.flat)[len(keys):]:
+            ax.axis("off")
+        fig.suptitle(f"{task}: per-utterance metric distributions")
+        fig.tight_layout()
+        paths.append(out_dir / "distributions.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    pairs = [k for k in keys if any(f"input_{k}" in r for r in rows)]
+    if pairs:
+        fig, axes = plt.subplots(1, len(pairs), figsize=(2.6 * len(pairs), 3.2), squeeze=False)
+        for ax, k in zip(axes.flat, pairs):
+            before = _mean([r.get(f"input_{k}", float("nan")) for r in rows])
+            after = _mean([r.get(k, float("nan")) for r in rows])
+            ax.bar(["input", "output"], [before, after], color=["tab:gray", "tab:green"])
+            ax.set_title(k, fontsize=9)
+            for x, y in enumerate((before, after)):
+                if not math.isnan(y):
+                    ax.text(x, y, f"{y:.2f}", ha="center", va="bottom", fontsize=8)
+        fig.suptitle(f"{task}: before / after (means)")
+        fig.tight_layout()
+        paths.append(out_dir / "before_after.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    return paths
+
+
+def write_report(rows: list[dict], out_dir: str | Path, *, task: str, metrics: list[str], notes: list[str],
+                 stats: dict, settings: dict, make_plots: bool = True) -> dict[str, Path]:
+    """Write ``per_utterance.csv``, ``results.csv``, ``results.md``, ``run.json`` and plots; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not rows:
+        raise ValueError("no rows to report")
+    summary = summarize(rows)
+    keys = metric_keys(rows)
+    text_cols = sorted({k for r in rows for k, v in r.items() if isinstance(v, str)} - {"id", "subset"})
+    counts = sorted({k for r in rows for k in r if k.endswith(_COUNT_SUFFIXES)})
+    paths = {"per_utterance": out / "per_utterance.csv", "results_csv": out / "results.csv",
+             "results_md": out / "results.md", "run": out / "run.json"}
+    _write_csv(paths["per_utterance"], rows, ["id", "subset", "seconds"]
+               + [k for k in keys if not k.endswith("_corpus")] + counts + text_cols)
+    _write_csv(paths["results_csv"], summary, list(summary[0]))
+    paths["results_md"].write_text(markdown(summary, task=task, metrics=metrics, notes=notes, stats=stats),
+                                   encoding="utf-8")
+    paths["run"].write_text(json.dumps({"task": task, "metrics": metrics, "notes": notes, "stats": stats,
+                                        "settings": settings, "summary": summary}, indent=2, default=str),
+                            encoding="utf-8")
+    if make_plots:
+        for p in plot(rows, out / "plots", task=task):
+            paths[p.stem] = p
+    return paths
+
+
+def log_wandb(paths: dict[str, Path], summary: list[dict], *, task: str, project: str, run_name: str | None,
+              config: dict) -> None:
+    """Log the summary, the per-utterance table and the plots to wandb (honours WANDB_MODE)."""
+    import wandb
+
+    run = wandb.init(project=project, name=run_name, job_type="eval", config=config, reinit="finish_previous")
+    try:
+        for s in summary:
+            run.summary.update({f"eval/{task}/{s['subset']}/{k}": v for k, v in s.items()
+                                if isinstance(v, (int, float)) and k != "subset"})
+        with open(paths["per_utterance"], newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        run.log({f"eval/{task}/per_utterance": wandb.Table(columns=rows[0], data=rows[1:])})
+        images = {f"eval/{task}/{name}": wandb.Image(str(p)) for name, p in paths.items() if p.suffix == ".png"}
+        if images:
+            run.log(images)
+    finally:
+        run.finish()

@@ -1,0 +1,64 @@
+"""Score a list of items with a list of metrics: one row per utterance."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+
+from metis.eval.audio import Audio, load, load_cached
+from metis.eval.metrics.base import Metric, MetricUnavailable
+from metis.eval.protocols import Item
+
+log = logging.getLogger(__name__)
+
+
+def score_audio(metrics: list[Metric], audio: Audio, item: Item, reference: Audio | None, prompt: Audio | None,
+                prefix: str, row: dict, failures: dict[str, int], timing: dict[str, float]) -> None:
+    given = {"reference": reference, "prompt": prompt, "text": item.text}
+    for m in metrics:
+        if any(given[n] is None for n in m.needs):
+            continue
+        t = time.perf_counter()
+        try:
+            out = m.score(audio.samples, audio.sr, reference=reference, prompt=prompt, text=item.text,
+                          lang=item.lang)
+        except MetricUnavailable:
+            raise
+        except Exception as e:  # one bad utterance (too short, silent) must not stop a test-set run
+            failures[m.name] += 1
+            log.warning("%s failed on %s%s: %s", m.name, prefix, item.id, e)
+            continue
+        finally:
+            timing[m.name] += time.perf_counter() - t
+        row.update({prefix + k: v for k, v in out.items()})
+        row.update({prefix + k: v for k, v in m.extras().items()})
+
+
+def evaluate(items: list[Item], metrics: list[Metric], *, score_input: bool = False,
+             progress: bool = True) -> tuple[list[dict], dict]:
+    """Rows ``{id, subset, seconds, <metric keys>, input_<metric keys>}`` and run stats
+    (failures per metric, metric seconds, audio seconds)."""
+    missing = [str(it.wav) for it in items if not it.wav.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} generated file(s) missing, first: {missing[0]}")
+    failures: dict[str, int] = defaultdict(int)
+    timing: dict[str, float] = defaultdict(float)
+    rows, total_s = [], 0.0
+    for i, it in enumerate(items):
+        audio = load(it.wav)
+        reference = load_cached(str(it.reference)) if it.reference else None
+        prompt = load_cached(str(it.prompt)) if it.prompt else None
+        row = {"id": it.id, "subset": it.subset, "seconds": round(audio.seconds, 3)}
+        if it.text is not None:
+            row["text"] = it.text
+        score_audio(metrics, audio, it, reference, prompt, "", row, failures, timing)
+        if score_input and it.input is not None:
+            score_audio(metrics, load(it.input), it, reference, prompt, "input_", row, failures, timing)
+        total_s += audio.seconds
+        rows.append(row)
+        if progress:
+            shown = {k: v for k, v in row.items() if isinstance(v, float) and not k.endswith(("_errors", "_ref_len"))
+                     and k != "seconds" and not math.isnan(v)}
+            log.info("[%d/%d] %s %s", i + 1, len(items), it.id, " ".join(f"{k}={v:.3f}" for k, v in shown.items()))
+    return rows, {"failures": dict(failures), "metric_seconds": dict(timing), "audio_seconds": total_s}
