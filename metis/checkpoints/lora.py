@@ -157,7 +157,8 @@ def load_split(base_file: StateDictSource, adapter_file: StateDictSource, lora_f
     """
     from metis.models.metis_stage1 import MetisStage1
 
-    model = MetisStage1(**model_kwargs).to(device)
+    with torch.device(device):
+        model = MetisStage1(**model_kwargs)
     if getattr(model, ADAPTER_MODULE, None) is None:
         raise ValueError(f"MetisStage1({dict(model_kwargs)}) has no {ADAPTER_MODULE}; LoRA fine-tunes need an ft_type with an adapter")
 
