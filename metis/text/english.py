@@ -12,7 +12,15 @@ import re
 from metis.text.espeak import get_tokenizer
 from metis.text.numbers import normalize_numbers
 
-__all__ = ["ABBREVIATIONS", "TRAILING_BOUNDARY_CHARS", "SPECIAL_MAP", "expand_abbreviations", "normalize", "special_map", "english_to_ipa"]
+__all__ = [
+    "ABBREVIATIONS",
+    "TRAILING_BOUNDARY_CHARS",
+    "SPECIAL_MAP",
+    "expand_abbreviations",
+    "normalize",
+    "special_map",
+    "english_to_ipa",
+]
 
 # Applied in this order, word-bounded and case-insensitive; the period after them is kept (quirk 7).
 ABBREVIATIONS = [

@@ -25,7 +25,9 @@ PUNCTUATION = ",.?!;:'…"
 # Language code -> espeak voice.
 ESPEAK_LANGUAGES = {"en": "en-us", "fr": "fr-fr", "de": "de", "ko": "ko"}
 
-_FULLWIDTH = str.maketrans({"，": ",", "。": ".", "！": "!", "？": "?", "；": ";", "：": ":", "、": ",", "‘": "'", "’": "'"})
+_FULLWIDTH = str.maketrans(
+    {"，": ",", "。": ".", "！": "!", "？": "?", "；": ";", "：": ":", "、": ",", "‘": "'", "’": "'"}
+)
 _ELLIPSES = re.compile(r"⋯|···|・・・|\.\.\.")
 _NOT_KEPT = re.compile(r"[^\w\s,.?!;:'…]")
 _SPACE_AROUND_PUNCT = re.compile(r"\s*([,.?!;:'…])\s*")

@@ -109,6 +109,7 @@ class G2P:
         vocab: phone vocabulary; the packaged ``phone_vocab.json`` when None.
         chinese_lexicon: path of the reference's ``chinese_lexicon.txt`` (else ``$METIS_CHINESE_LEXICON``).
         poly_bert: path of the reference's ``poly_bert_model.onnx`` (else ``$METIS_POLY_BERT_ONNX``).
+        mandarin: a ready Mandarin path (e.g. :meth:`MandarinG2P.from_resources`); overrides the two paths.
 
     The Mandarin data files are loaded on the first Chinese segment; English, fr, de and ko need only espeak-ng.
     """
@@ -118,17 +119,20 @@ class G2P:
         vocab: PhoneVocab | str | Path | None = None,
         chinese_lexicon: str | Path | None = None,
         poly_bert: str | Path | None = None,
+        mandarin: MandarinG2P | None = None,
     ):
         self.vocab = vocab if isinstance(vocab, PhoneVocab) else PhoneVocab.load(vocab)
         self._chinese_lexicon = chinese_lexicon
         self._poly_bert = poly_bert
-        self._mandarin: MandarinG2P | None = None
+        self._mandarin = mandarin
 
     @property
     def mandarin(self) -> MandarinG2P:
         """The Mandarin path; raises :class:`MissingMandarinResources` when its data files are not supplied."""
         if self._mandarin is None:
-            self._mandarin = MandarinG2P(MandarinResources.resolve(self._chinese_lexicon, self._poly_bert))
+            self._mandarin = MandarinG2P.from_resources(
+                MandarinResources.resolve(self._chinese_lexicon, self._poly_bert)
+            )
         return self._mandarin
 
     def __call__(self, text: str, language: str = "en") -> tuple[str, list[int]]:

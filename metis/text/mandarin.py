@@ -38,7 +38,9 @@ ENV_LEXICON = "METIS_CHINESE_LEXICON"
 ENV_POLY_BERT = "METIS_POLY_BERT_ONNX"
 
 PUNCTUATION = ",.?!;:'…"
-_FULLWIDTH = str.maketrans({"，": ",", "。": ".", "！": "!", "？": "?", "；": ";", "：": ":", "、": ",", "‘": "'", "’": "'"})
+_FULLWIDTH = str.maketrans(
+    {"，": ",", "。": ".", "！": "!", "？": "?", "；": ";", "：": ":", "、": ",", "‘": "'", "’": "'"}
+)
 _ELLIPSES = re.compile(r"⋯|···|・・・|\.\.\.")
 _NOT_KEPT = re.compile(r"[^\u4e00-\u9fff_,.?!;:'…]")
 
@@ -397,19 +399,33 @@ class PolyphoneBert:
 
 
 class MandarinG2P:
-    """``chinese_to_ipa`` with user-supplied data files (see :class:`MandarinResources`)."""
+    """``chinese_to_ipa`` (§6) over a lexicon, a pinyin->bopomofo table and a polyphone classifier.
 
-    def __init__(self, resources: MandarinResources):
-        self.resources = resources
-        self.lexicon = _read_lexicon(resources.lexicon)
-        self.pinyin_to_bopomofo = _read_pairs(resources.pinyin_to_bopomofo)
+    Args:
+        lexicon: word -> pinyin syllables with tone digits (``"银行" -> ["yin2", "hang2"]``).
+        pinyin_to_bopomofo: toneless pinyin -> bopomofo (``"yin" -> "ㄧㄣ"``).
+        polychars: the characters the polyphone classifier decides.
+        polyphone: ``(segment_text, index) -> pinyin`` for the polyphonic character at ``index``.
+
+    Use :meth:`from_resources` for the reference's data files.
+    """
+
+    def __init__(self, lexicon, pinyin_to_bopomofo, polychars, polyphone):
+        self.lexicon = dict(lexicon)
+        self.pinyin_to_bopomofo = dict(pinyin_to_bopomofo)
+        self.polychars = frozenset(polychars)
+        self.polyphone = polyphone
+
+    @classmethod
+    def from_resources(cls, resources: MandarinResources) -> "MandarinG2P":
         with open(resources.polydict, encoding="utf-8") as f:
             labels = json.load(f).values()
         if resources.polychar is not None and resources.polychar.is_file():
-            self.polychars = frozenset(resources.polychar.read_text(encoding="utf-8").split())
+            polychars = resources.polychar.read_text(encoding="utf-8").split()
         else:
-            self.polychars = frozenset(label.split("{", 1)[0] for label in labels)
-        self.bert = PolyphoneBert(resources.poly_bert, resources.bert_vocab, resources.polydict)
+            polychars = [label.split("{", 1)[0] for label in labels]
+        bert = PolyphoneBert(resources.poly_bert, resources.bert_vocab, resources.polydict)
+        return cls(_read_lexicon(resources.lexicon), _read_pairs(resources.pinyin_to_bopomofo), polychars, bert.predict)
 
     def _syllable(self, pinyin: str) -> str | None:
         base, digit = (pinyin[:-1], pinyin[-1]) if pinyin[-1:].isdigit() else (pinyin, "1")
@@ -421,13 +437,16 @@ class MandarinG2P:
             tokens = [self._syllable(p) for p in self.lexicon[word]]
             if all(t is not None for t in tokens):
                 return tokens
-            from pypinyin import Style, pinyin  # rare fallback: pypinyin's bopomofo for the whole word
-
-            return tokens[: sum(t is not None for t in tokens)] + ["".join(p[0] for p in pinyin(word, style=Style.BOPOMOFO))]
+            try:  # rare: a syllable missing from the table -> pypinyin's bopomofo for the whole word, appended
+                from pypinyin import Style, pinyin
+            except ImportError as e:
+                raise ImportError("the Mandarin G2P needs `pypinyin` for syllables outside pinyin_2_bpmf.txt") from e
+            whole = "".join(p[0] for p in pinyin(word, style=Style.BOPOMOFO))
+            return [t for t in tokens if t is not None] + [whole]
         tokens = []
         for i, ch in enumerate(word):
             if ch in self.polychars:
-                syllable = self._syllable(self.bert.predict(text, offset + i))
+                syllable = self._syllable(self.polyphone(text, offset + i))
             elif ch in self.lexicon:
                 syllable = self._syllable(self.lexicon[ch][0])
             else:
