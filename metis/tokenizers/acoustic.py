@@ -14,15 +14,20 @@ import torch
 
 from metis.models.acoustic_codec import CodecDecoder, CodecEncoder
 from metis.tokenizers.base import file_sha256
-from metis.tokenizers.semantic import _as_mono, load_safetensors_into
+from metis.tokenizers.semantic import MASKGCT_REPO, _as_mono, load_codec_weights
+
+ENCODER_FILE = "acoustic_codec/model.safetensors"
+DECODER_FILE = "acoustic_codec/model_1.safetensors"
 
 
 class AcousticTokenizer:
     """SpeechTokenizer-like wrapper of the MaskGCT acoustic codec (multi-codebook: codes are (t, q)).
 
     Args:
-        encoder: `acoustic_codec/model.safetensors` (CodecEncoder weights).
-        decoder: `acoustic_codec/model_1.safetensors` (CodecDecoder weights: quantizer + Vocos).
+        encoder: CodecEncoder weights: the file, a folder laid out like amphion/MaskGCT
+            (`acoustic_codec/model.safetensors` inside) or a Hub repo id.
+        decoder: CodecDecoder weights (quantizer + Vocos), found the same way
+            (`acoustic_codec/model_1.safetensors`).
         encoder_config, decoder_config: constructor arguments (default: the released codec).
         device: where the codec runs.
         batch_size: utterances per forward (utterances are grouped by length: the convolutions have no
@@ -35,8 +40,8 @@ class AcousticTokenizer:
 
     def __init__(
         self,
-        encoder: str | Path = "acoustic_codec/model.safetensors",
-        decoder: str | Path = "acoustic_codec/model_1.safetensors",
+        encoder: str | Path = MASKGCT_REPO,
+        decoder: str | Path = MASKGCT_REPO,
         *,
         encoder_config: dict | None = None,
         decoder_config: dict | None = None,
@@ -45,11 +50,10 @@ class AcousticTokenizer:
     ):
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.encoder_path, self.decoder_path = Path(encoder), Path(decoder)
         self.encoder = CodecEncoder(**(encoder_config or {}))
         self.decoder = CodecDecoder(**(decoder_config or {}))
-        load_safetensors_into(self.encoder, self.encoder_path, "acoustic codec encoder")
-        load_safetensors_into(self.decoder, self.decoder_path, "acoustic codec decoder")
+        self.encoder_path = load_codec_weights(self.encoder, encoder, ENCODER_FILE)
+        self.decoder_path = load_codec_weights(self.decoder, decoder, DECODER_FILE)
         self.encoder.eval().requires_grad_(False).to(self.device)
         self.decoder.eval().requires_grad_(False).to(self.device)
         self.num_quantizers = self.decoder.quantizer.num_quantizers
@@ -59,6 +63,12 @@ class AcousticTokenizer:
             raise ValueError(f"acoustic codec: encoder hop {self.hop_length} != decoder hop_size {self.decoder.hop_size}")
         self.frame_rate = self.sample_rate / self.hop_length
         self._identity: dict[str, str] | None = None
+
+    def to(self, device: str | torch.device) -> "AcousticTokenizer":
+        self.device = torch.device(device)
+        self.encoder.to(self.device)
+        self.decoder.to(self.device)
+        return self
 
     def identity(self) -> dict[str, str]:
         if self._identity is None:  # hashing ~700 MB once is enough

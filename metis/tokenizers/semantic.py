@@ -19,10 +19,13 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from metis.checkpoints.io import load_into, resolve
 from metis.models.semantic_codec import RepCodec
 from metis.tokenizers.base import file_sha256
 
 W2V_BERT_ID = "facebook/w2v-bert-2.0"
+MASKGCT_REPO = "amphion/MaskGCT"
+REPCODEC_FILE = "semantic_codec/model.safetensors"
 MIN_SAMPLES_16K = 400  # one 25 ms fbank window
 
 
@@ -33,22 +36,12 @@ def semantic_num_frames(n16: int) -> int:
     return math.ceil((1 + (n16 - MIN_SAMPLES_16K) // 160) / 2)
 
 
-def load_safetensors_into(module: nn.Module, path: str | Path, what: str) -> None:
-    """Strictly load a safetensors state dict, naming the file and the offending keys on mismatch."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: weights file {path} does not exist")
-    state = load_file(path)
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [f"{k}: file {tuple(state[k].shape)} != model {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        raise ValueError(
-            f"{what}: {path} does not match the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, shape mismatches {shapes[:5]}"
-        )
-    module.load_state_dict(state, strict=True)
+def load_codec_weights(module: nn.Module, source: str | Path, filename: str) -> Path:
+    """Resolve `filename` (a path inside amphion/MaskGCT) from a file, a folder laid out like that repo,
+    or a Hub repo id, and load it strictly (errors name the file and the offending keys). -> the file."""
+    path = resolve(source, filename)
+    load_into(module, load_file(path), source=str(path))
+    return path
 
 
 def load_stats(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +81,8 @@ class W2vBertFeatureExtractor:
 
     Args:
         model: hub id or local folder with the w2v-BERT model and its preprocessor config.
-        stats: the normalisation stats file (mean, var).
+        stats: the normalisation stats file (mean, var); None gives only `raw_features` (e.g. to
+            compute new stats with `python -m metis.data stats`).
         layer: hidden_states index (17 = output of the 17th conformer block; 0 = feature projection).
         device, dtype: where and in what precision w2v-BERT runs; features come back as float32.
         batch_size: utterances per w2v-BERT forward.
@@ -100,7 +94,7 @@ class W2vBertFeatureExtractor:
     def __init__(
         self,
         model: str | Path = W2V_BERT_ID,
-        stats: str | Path = "wav2vec2bert_stats.safetensors",
+        stats: str | Path | None = None,
         *,
         layer: int = 17,
         device: str | torch.device = "cpu",
@@ -110,7 +104,6 @@ class W2vBertFeatureExtractor:
         from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertModel  # heavy import, only here
 
         self.model_id = str(model)
-        self.stats_path = Path(stats)
         self.layer = layer
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -123,20 +116,31 @@ class W2vBertFeatureExtractor:
         w2v.encoder.layers = w2v.encoder.layers[:layer]
         w2v.config.num_hidden_layers = layer
         self.model = w2v.eval().requires_grad_(False).to(self.device)
-        mean, std = load_stats(self.stats_path)
-        if mean.numel() != w2v.config.hidden_size:
-            raise ValueError(f"w2v-BERT stats file {self.stats_path}: {mean.numel()} channels, model {model} has {w2v.config.hidden_size}")
-        self.mean, self.std = mean.to(self.device), std.to(self.device)
         self.hidden_size = w2v.config.hidden_size
+        self.stats_path = None if stats is None else Path(stats)
+        self.mean = self.std = None
+        if self.stats_path is not None:
+            mean, std = load_stats(self.stats_path)
+            if mean.numel() != self.hidden_size:
+                raise ValueError(f"w2v-BERT stats file {self.stats_path}: {mean.numel()} channels, model {model} has {self.hidden_size}")
+            self.mean, self.std = mean.to(self.device), std.to(self.device)
+        self._stats_sha256 = None if stats is None else file_sha256(self.stats_path)
+
+    def to(self, device: str | torch.device) -> "W2vBertFeatureExtractor":
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        if self.mean is not None:
+            self.mean, self.std = self.mean.to(self.device), self.std.to(self.device)
+        return self
 
     def identity(self) -> dict[str, str]:
-        return {"w2v_bert": self.model_id, "layer": str(self.layer), "stats_sha256": file_sha256(self.stats_path)}
+        return {"w2v_bert": self.model_id, "layer": str(self.layer), "stats_sha256": self._stats_sha256 or "none (raw features)"}
 
     @torch.no_grad()
-    def features(self, wavs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Mono waveforms (n_i,) at 16 kHz -> normalised features (T_s_i, hidden) float32, on the inputs' device."""
+    def raw_features(self, wavs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Mono waveforms (n_i,) at 16 kHz -> un-normalised hidden_states[layer] (T_s_i, hidden) float32,
+        on the inputs' device."""
         wavs = _as_mono(wavs, self.sample_rate, MIN_SAMPLES_16K)
-        out_device = wavs[0].device if wavs else self.device
         feats = []
         for start in range(0, len(wavs), self.batch_size):
             chunk = wavs[start : start + self.batch_size]
@@ -146,11 +150,24 @@ class W2vBertFeatureExtractor:
             x = inputs["input_features"].to(self.device, self.model.dtype)  # (b, t, 160)
             mask = inputs["attention_mask"].to(self.device)  # (b, t); 0 also on the odd-F last frame
             h = self.model(x, attention_mask=mask, output_hidden_states=True).hidden_states[self.layer].float()
-            h = (h - self.mean) / self.std  # (b, t, hidden)
             for w, hi in zip(chunk, h):
                 # the mask is 0 on an odd-F last frame, which the reference still keeps: count, don't sum
-                feats.append(hi[: semantic_num_frames(w.numel())].to(out_device))
+                feats.append(hi[: semantic_num_frames(w.numel())].to(w.device))
         return feats
+
+    def _require_stats(self) -> None:
+        if self.mean is None:
+            raise ValueError("this w2v-BERT feature extractor has no stats file: pass stats=... for normalised features")
+
+    def normalize(self, feat: torch.Tensor) -> torch.Tensor:
+        """(..., hidden) raw features -> (feat - mean) / sqrt(var)."""
+        self._require_stats()
+        return (feat - self.mean.to(feat.device)) / self.std.to(feat.device)
+
+    def features(self, wavs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Mono waveforms (n_i,) at 16 kHz -> normalised features (T_s_i, hidden) float32, on the inputs' device."""
+        self._require_stats()  # before any work
+        return [self.normalize(f) for f in self.raw_features(wavs)]
 
 
 class SemanticTokenizer:
@@ -158,8 +175,9 @@ class SemanticTokenizer:
 
     Args:
         w2v_bert: hub id or local folder of w2v-BERT 2.0 (`from_pretrained`).
-        stats: the w2v-BERT normalisation stats file.
-        codec: RepCodec weights (`semantic_codec/model.safetensors`).
+        stats: the w2v-BERT normalisation stats file (None: only `raw_features` work).
+        codec: RepCodec weights: the file itself, a folder laid out like amphion/MaskGCT
+            (`semantic_codec/model.safetensors` inside), or a Hub repo id.
         layer: w2v-BERT hidden_states index.
         codec_config: RepCodec constructor arguments (default: the released codec).
         device, dtype, batch_size: see W2vBertFeatureExtractor.
@@ -172,8 +190,8 @@ class SemanticTokenizer:
     def __init__(
         self,
         w2v_bert: str | Path = W2V_BERT_ID,
-        stats: str | Path = "wav2vec2bert_stats.safetensors",
-        codec: str | Path = "semantic_codec/model.safetensors",
+        stats: str | Path | None = None,
+        codec: str | Path = MASKGCT_REPO,
         *,
         layer: int = 17,
         codec_config: dict | None = None,
@@ -182,22 +200,34 @@ class SemanticTokenizer:
         batch_size: int = 8,
     ):
         self.extractor = W2vBertFeatureExtractor(w2v_bert, stats, layer=layer, device=device, dtype=dtype, batch_size=batch_size)
-        self.codec_path = Path(codec)
         self.codec = RepCodec(**(codec_config or {}))
         if self.codec.hidden_size != self.extractor.hidden_size:
             raise ValueError(f"RepCodec hidden_size {self.codec.hidden_size} != w2v-BERT hidden size {self.extractor.hidden_size}")
-        load_safetensors_into(self.codec, self.codec_path, "semantic codec")
+        self.codec_path = load_codec_weights(self.codec, codec, REPCODEC_FILE)
         self.codec.eval().requires_grad_(False).to(self.extractor.device)
         self.codebook_size = self.codec.codebook_size
         self._codec_sha256: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.extractor.device
+
+    def to(self, device: str | torch.device) -> "SemanticTokenizer":
+        self.extractor.to(device)
+        self.codec.to(self.extractor.device)
+        return self
 
     def identity(self) -> dict[str, str]:
         if self._codec_sha256 is None:  # hashing 177 MB once is enough
             self._codec_sha256 = file_sha256(self.codec_path)
         return {"name": self.name, **self.extractor.identity(), "codec_sha256": self._codec_sha256}
 
+    def raw_features(self, wavs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Mono waveforms (n_i,) at 16 kHz -> un-normalised w2v-BERT features (T_s_i, hidden)."""
+        return self.extractor.raw_features(wavs)
+
     def features(self, wavs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Mono waveforms (n_i,) at 16 kHz -> normalised w2v-BERT features (T_s_i, 1024)."""
+        """Mono waveforms (n_i,) at 16 kHz -> normalised w2v-BERT features (T_s_i, hidden): finetune_cond."""
         return self.extractor.features(wavs)
 
     @torch.no_grad()
@@ -207,11 +237,10 @@ class SemanticTokenizer:
         for i, f in enumerate(feats):
             by_len[f.shape[0]].append(i)
         codes: list[torch.Tensor | None] = [None] * len(feats)
-        dev = self.extractor.device
         for idx in by_len.values():
             for start in range(0, len(idx), self.extractor.batch_size):
                 group = idx[start : start + self.extractor.batch_size]
-                c, _ = self.codec.quantize(torch.stack([feats[i] for i in group]).to(dev))  # (g, t)
+                c, _ = self.codec.quantize(torch.stack([feats[i] for i in group]).to(self.device))  # (g, t)
                 for i, ci in zip(group, c):
                     codes[i] = ci.to(feats[i].device)
         return codes

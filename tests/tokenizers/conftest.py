@@ -51,7 +51,8 @@ def stats_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def repcodec_file(tmp_path_factory) -> Path:
     torch.manual_seed(2)
-    path = tmp_path_factory.mktemp("semantic_codec") / "model.safetensors"
+    path = tmp_path_factory.mktemp("maskgct") / "semantic_codec" / "model.safetensors"  # laid out like amphion/MaskGCT
+    path.parent.mkdir()
     save_file(RepCodec(**TINY_REPCODEC).state_dict(), str(path))
     return path
 
@@ -59,7 +60,8 @@ def repcodec_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def acoustic_files(tmp_path_factory) -> tuple[Path, Path]:
     torch.manual_seed(3)
-    root = tmp_path_factory.mktemp("acoustic_codec")
+    root = tmp_path_factory.mktemp("maskgct") / "acoustic_codec"  # laid out like amphion/MaskGCT
+    root.mkdir()
     save_file(CodecEncoder(**TINY_ENCODER).state_dict(), str(root / "model.safetensors"))
     save_file(CodecDecoder(**TINY_DECODER).state_dict(), str(root / "model_1.safetensors"))
     return root / "model.safetensors", root / "model_1.safetensors"

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from metis.checkpoints.io import CheckpointMismatchError
 from metis.tokenizers.acoustic import AcousticTokenizer
 from metis.tokenizers.base import file_sha256
 from tests.tokenizers.conftest import TINY_DECODER, TINY_ENCODER
@@ -55,7 +56,17 @@ def test_bad_inputs(acoustic_tokenizer, acoustic_files, tmp_path):
     with pytest.raises(ValueError, match="no codec frame"):
         acoustic_tokenizer.encode([torch.zeros(100)])
     enc, dec = acoustic_files
-    with pytest.raises(ValueError, match="acoustic codec decoder.*model_1.safetensors"):
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)model_1.safetensors.*unexpected:  quantizer.quantizers.11"):
         AcousticTokenizer(enc, dec, encoder_config=TINY_ENCODER, decoder_config={**TINY_DECODER, "num_quantizers": 11})
-    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
-        AcousticTokenizer(tmp_path / "missing.safetensors", dec, encoder_config=TINY_ENCODER, decoder_config=TINY_DECODER)
+    with pytest.raises(FileNotFoundError, match="acoustic_codec/model.safetensors"):
+        AcousticTokenizer(tmp_path, dec, encoder_config=TINY_ENCODER, decoder_config=TINY_DECODER)
+
+
+def test_weights_from_a_folder_laid_out_like_the_hub_repo(acoustic_tokenizer, acoustic_files):
+    root = acoustic_files[0].parent.parent
+    tok = AcousticTokenizer(root, root, encoder_config=TINY_ENCODER, decoder_config=TINY_DECODER)
+    assert (tok.encoder_path, tok.decoder_path) == acoustic_files
+    assert tok.identity() == acoustic_tokenizer.identity()
+    assert tok.to("cpu") is tok
+    wav = wav24(4800, 9)
+    assert torch.equal(tok.encode([wav])[0], acoustic_tokenizer.encode([wav])[0])

@@ -4,6 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from metis.checkpoints.io import CheckpointMismatchError
 from metis.tokenizers.base import SpeechTokenizer, file_sha256
 from metis.tokenizers.semantic import SemanticTokenizer, W2vBertFeatureExtractor, load_stats, semantic_num_frames
 from tests.tokenizers.conftest import HIDDEN, LAYER, TINY_REPCODEC, write_stats
@@ -111,8 +112,32 @@ def test_bad_files(tiny_w2v_bert, stats_file, repcodec_file, tmp_path):
         W2vBertFeatureExtractor(tiny_w2v_bert, wrong_width, layer=LAYER)
     with pytest.raises(ValueError, match="layer=9"):
         W2vBertFeatureExtractor(tiny_w2v_bert, stats_file, layer=9)
-    with pytest.raises(ValueError, match="semantic codec.*codebook.weight"):
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)model.safetensors.*codebook.weight: file \[16, 4\] vs model \[17, 4\]"):
         SemanticTokenizer(tiny_w2v_bert, stats_file, repcodec_file, layer=LAYER, codec_config={**TINY_REPCODEC, "codebook_size": 17})
+    with pytest.raises(FileNotFoundError, match="semantic_codec/model.safetensors"):
+        SemanticTokenizer(tiny_w2v_bert, stats_file, tmp_path, layer=LAYER, codec_config=TINY_REPCODEC)
+
+
+def test_codec_from_a_folder_laid_out_like_the_hub_repo(semantic_tokenizer, tiny_w2v_bert, stats_file, repcodec_file):
+    tok = SemanticTokenizer(tiny_w2v_bert, stats_file, repcodec_file.parent.parent, layer=LAYER, codec_config=TINY_REPCODEC)
+    assert tok.codec_path == repcodec_file
+    assert tok.identity() == semantic_tokenizer.identity()
+
+
+def test_without_stats_only_raw_features(semantic_tokenizer, tiny_w2v_bert, repcodec_file):
+    """stats=None is the mode for computing new stats (python -m metis.data stats uses raw_features)."""
+    raw_tok = SemanticTokenizer(tiny_w2v_bert, None, repcodec_file, layer=LAYER, codec_config=TINY_REPCODEC)
+    wav = speech_like(6000, 3)
+    raw = raw_tok.raw_features([wav])[0]
+    assert torch.allclose(raw, semantic_tokenizer.raw_features([wav])[0], atol=1e-6)
+    mean, std = semantic_tokenizer.extractor.mean, semantic_tokenizer.extractor.std
+    assert torch.allclose(semantic_tokenizer.features([wav])[0], (raw - mean) / std, atol=1e-6)
+    assert raw_tok.identity()["stats_sha256"].startswith("none")
+    with pytest.raises(ValueError, match="no stats file"):
+        raw_tok.features([wav])
+    with pytest.raises(ValueError, match="no stats file"):
+        raw_tok.encode([wav])
+    assert raw_tok.to("cpu") is raw_tok and raw_tok.device == torch.device("cpu")
 
 
 def test_reference_pt_stats_format(tmp_path, stats_file):
