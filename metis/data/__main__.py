@@ -1,0 +1,102 @@
+"""Data tools: python -m metis.data {prepare,tokenize,stats,demo} --help"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _summary(title: str, summary: dict) -> None:
+    print(f"\n== {title} summary ==")
+    for k, v in summary.items():
+        if k in ("shard_names", "config"):
+            continue
+        print(f"  {k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m metis.data", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    a = sub.add_parser("prepare", help="audio folder / manifest / LibriTTS / LibriSpeech -> shards")
+    a.add_argument("input", help="folder, or manifest .jsonl/.csv/.tsv")
+    a.add_argument("out_dir")
+    a.add_argument("--layout", default="auto", choices=["auto", "folder", "manifest", "libritts", "librispeech"])
+    a.add_argument("--sample-rate", type=int, default=None, help="default: keep the file's rate, at most 24000")
+    a.add_argument("--min-dur", type=float, default=0.5)
+    a.add_argument("--max-dur", type=float, default=30.0, help="longer files are split at quiet points")
+    a.add_argument("--shard-samples", type=int, default=1000)
+    a.add_argument("--shard-bytes", type=float, default=1e9)
+    a.add_argument("--language", default="en")
+    a.add_argument("--prefix", default="shard")
+    a.add_argument("--workers", type=int, default=1)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--overwrite", action="store_true")
+
+    t = sub.add_parser("tokenize", help="shards -> token shards (resumable)")
+    t.add_argument("shards", help="shard pattern, e.g. 'data/x/shard-{000000..000099}.tar' or a folder")
+    t.add_argument("out_dir")
+    t.add_argument("--tokenizer", required=True, help="spec: kmeans:DIR | semantic[:{json}] | module:Factory[:ARG]")
+    t.add_argument("--acoustic", default=None, help="acoustic tokenizer spec (adds ac.npy)")
+    t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...")
+    t.add_argument("--batch-seconds", type=float, default=200.0)
+    t.add_argument("--no-audio", action="store_true", help="drop the audio from the token shards")
+    t.add_argument("--part", type=int, default=0, help="this job's index when several jobs share the shards")
+    t.add_argument("--num-parts", type=int, default=1)
+
+    s = sub.add_parser("stats", help="mean/var of SSL features over shards -> safetensors")
+    s.add_argument("shards")
+    s.add_argument("out", help="output .safetensors (keys mean, var, std)")
+    s.add_argument("--features", required=True, help="spec of the feature extractor (as --tokenizer)")
+    s.add_argument("--device", default=None)
+    s.add_argument("--max-hours", type=float, default=None)
+    s.add_argument("--batch-seconds", type=float, default=200.0)
+
+    d = sub.add_parser("demo", help="build the offline demo corpus (asterisk prompts + espeak-ng)")
+    d.add_argument("--out-dir", default="data/demo")
+    d.add_argument("--n-prompts", type=int, default=None)
+    d.add_argument("--n-synth", type=int, default=400)
+    d.add_argument("--clusters", type=int, default=512)
+    d.add_argument("--max-fit-frames", type=int, default=80_000)
+    d.add_argument("--seed", type=int, default=0)
+
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    if args.cmd == "prepare":
+        from metis.data.prepare import prepare
+
+        summary = prepare(args.input, args.out_dir, layout=args.layout, language=args.language,
+                          overwrite=args.overwrite, sample_rate=args.sample_rate, min_dur=args.min_dur,
+                          max_dur=args.max_dur, max_count=args.shard_samples, max_bytes=int(args.shard_bytes),
+                          seed=args.seed, workers=args.workers, prefix=args.prefix)
+        _summary("prepare", summary)
+    elif args.cmd == "tokenize":
+        from metis.data.specs import load_tokenizer
+        from metis.data.tokenize import tokenize
+
+        tok = load_tokenizer(args.tokenizer, args.device)
+        ac = load_tokenizer(args.acoustic, args.device) if args.acoustic else None
+        summary = tokenize(args.shards, args.out_dir, tok, ac, keep_audio=not args.no_audio,
+                           batch_seconds=args.batch_seconds, part=args.part, num_parts=args.num_parts)
+        _summary("tokenize", summary)
+    elif args.cmd == "stats":
+        from metis.data.specs import load_tokenizer
+        from metis.data.stats import compute_stats
+
+        ext = load_tokenizer(args.features, args.device)
+        _summary("stats", compute_stats(args.shards, ext, args.out, max_hours=args.max_hours,
+                                        batch_seconds=args.batch_seconds))
+    elif args.cmd == "demo":
+        from metis.data.demo import DemoConfig, build_demo
+
+        cfg = DemoConfig(out_dir=args.out_dir, n_prompts=args.n_prompts, n_synth=args.n_synth,
+                         n_clusters=args.clusters, max_fit_frames=args.max_fit_frames, seed=args.seed)
+        _summary("demo", build_demo(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Token-budget dynamic batching with length bucketing, as a streaming stage.
+
+A batch holds at most `max_tokens` frames *including padding*: len(batch) · max_len ≤ max_tokens
+(Metis: 10K tokens per GPU ≈ 200 s of audio at 50 Hz). Items are pooled until the pool holds about
+`pool_batches` batches' worth of frames; the pool is sorted by length and cut greedily into batches
+(neighbours in length share a batch, so padding stays low), the batches are emitted (shuffled in
+training), and the last, unfilled batch goes back into the pool to meet the next arrivals.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+def cut_sorted(items: list[T], lengths: list[int], max_tokens: int, max_batch_size: int | None = None) -> list[list[int]]:
+    """Indices of `items` (already sorted by ascending length) cut greedily into budget batches."""
+    batches, cur, cur_max = [], [], 0
+    for i, n in enumerate(lengths):
+        m = max(cur_max, n)
+        full = max_batch_size is not None and len(cur) >= max_batch_size
+        if cur and ((len(cur) + 1) * m > max_tokens or full):
+            batches.append(cur)
+            cur, m = [], n
+        cur.append(i)
+        cur_max = m
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def padding_ratio(lengths: list[int]) -> float:
+    """Fraction of a padded (b, max_len) batch that is padding."""
+    if not lengths:
+        return 0.0
+    return 1.0 - sum(lengths) / (len(lengths) * max(lengths))
+
+
+def token_budget_batches(items: Iterable[T], length: Callable[[T], int], max_tokens: int, *,
+                         pool_batches: int = 16, max_batch_size: int | None = None,
+                         rng: random.Random | None = None,
+                         on_oversize: Callable[[T], None] | None = None) -> Iterator[list[T]]:
+    """Group a stream of items into batches of at most `max_tokens` padded frames.
+
+    Args:
+        items: the stream; each item's size in frames is `length(item)`.
+        max_tokens: budget per batch, padding included.
+        pool_batches: pool size in batches' worth of frames (more: less padding, more memory).
+        max_batch_size: optional cap on items per batch.
+        rng: shuffles the emitted batches (training); None keeps sorted order (deterministic).
+        on_oversize: called for an item longer than `max_tokens` (it is dropped).
+
+    Yields:
+        Lists of items; every batch satisfies len(batch) · max(length) ≤ max_tokens.
+    """
+    if max_tokens <= 0:
+        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+    pool: list[tuple[int, T]] = []
+    pool_tokens = 0
+
+    def cut(flush: bool) -> Iterator[list[T]]:
+        nonlocal pool, pool_tokens
+        pool.sort(key=lambda p: p[0])
+        groups = cut_sorted(pool, [p[0] for p in pool], max_tokens, max_batch_size)
+        keep: list[tuple[int, T]] = []
+        if not flush and groups:
+            keep = [pool[i] for i in groups.pop()]
+        out = [[pool[i][1] for i in g] for g in groups]
+        pool, pool_tokens = keep, sum(p[0] for p in keep)
+        if rng is not None:
+            rng.shuffle(out)
+        yield from out
+
+    for item in items:
+        n = int(length(item))
+        if n > max_tokens:
+            if on_oversize is not None:
+                on_oversize(item)
+            continue
+        pool.append((n, item))
+        pool_tokens += n
+        if pool_tokens >= pool_batches * max_tokens:
+            yield from cut(flush=False)
+    if pool:
+        yield from cut(flush=True)

@@ -1,0 +1,275 @@
+"""The offline demo corpus: `python -m metis.data demo` (no download).
+
+Real speech: the Asterisk core prompts (G.722 studio recordings, one voice, ~25 min; transcripts
+from core-sounds-en.txt.gz, lines `name: text`), decoded by ffmpeg to 16 kHz. Multi-speaker speech:
+sentences from a seeded grammar spoken by espeak-ng voices (speaker = voice name; `en+f3`,
+`en-us+m1`, ...; `en-gb+VARIANT` is avoided because espeak-ng ignores the variant there).
+
+Steps, each skipped when its output is complete (the build is idempotent):
+    raw/       wav files + manifest.jsonl (train/val split by a seeded draw)
+    shards/{train,val}/   flac+json shards (metis.data.prepare)
+    tokenizer/            the k-means demo tokenizer fitted on the train shards
+    tokens/{train,val}/   token shards (metis.data.tokenize) -> what training reads
+    demo.json             summary (hours, samples, speakers, shards, tokenizer identity)
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from metis.data import audio as A
+from metis.data.prepare import Source, discover_manifest, write_json_atomic, write_shards
+from metis.data.shards import TOKENIZER_MEMBER, audio_ext, expand_shards, iter_tar
+
+ASTERISK_DIR = Path("/usr/share/asterisk/sounds/en")
+ASTERISK_TEXT = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
+VOICES = ("en-us+m1", "en-us+m3", "en-us+m7", "en-us+f1", "en-us+f2", "en-us+f4",
+          "en+m2", "en+m4", "en+f3", "en+f5", "en-029+f1", "en-gb-scotland")
+
+
+@dataclass
+class DemoConfig:
+    out_dir: str = "data/demo"
+    n_prompts: int | None = None  # Asterisk prompts to use (None: all with a spoken transcript)
+    n_synth: int = 400  # espeak-ng utterances
+    voices: tuple[str, ...] = VOICES
+    sample_rate: int = 16000
+    val_fraction: float = 0.05
+    min_dur: float = 0.4
+    max_dur: float = 20.0
+    shard_samples: int = 200
+    n_clusters: int = 512
+    max_fit_frames: int = 80_000
+    seed: int = 0
+    workers: int = 2  # parallel espeak-ng processes
+
+
+# ---------------------------------------------------------------- text for espeak-ng
+_WORDS = {
+    "adj": "small bright quiet heavy narrow ancient yellow careful sudden gentle crowded empty distant "
+           "wooden frozen busy curious patient silver hollow".split(),
+    "noun": "river garden window teacher letter engine village basket ladder kitten harbour violin "
+            "lantern bridge orchard message station blanket mirror compass".split(),
+    "verb_past": "crossed painted opened followed repaired carried watched covered reached "
+                 "visited described ignored measured borrowed".split(),
+    "verb": "check bring paint open follow repair carry watch cover visit describe measure".split(),
+    "prep": "near behind under beside across beyond inside".split(),
+    "name": "Anna Marcus Priya Tomas Helen Kenji Olivia Samuel Farah Lucas Ingrid Diego".split(),
+    "time": "noon midnight sunrise dinner the weekend the next meeting Friday evening".split(" "),
+    "num": "two three four seven eleven twelve fifteen twenty thirty forty-two ninety".split(),
+    "place": "market station library kitchen harbour museum hospital stadium".split(),
+}
+_TEMPLATES = (
+    "The {adj} {noun} {verb_past} the {noun} {prep} the {place}.",
+    "Please {verb} the {adj} {noun} before {time}.",
+    "{name} said that the {noun} was far too {adj} for the {place}.",
+    "Did you see the {adj} {noun} {prep} the old {noun}?",
+    "We counted {num} {noun}s at the {place} this morning.",
+    "If the {noun} is {adj}, {name} will {verb} it after {time}.",
+    "Nobody expected {name} to {verb} the {noun} so quickly.",
+    "Of all the {noun}s in the {place}, the {adj} one {verb_past} first.",
+    "{name} and {name} {verb_past} {num} {adj} {noun}s yesterday.",
+    "Why would anyone {verb} a {adj} {noun} at {time}?",
+)
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    """n varied English sentences from a seeded grammar (deterministic)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        t = rng.choice(_TEMPLATES)
+        s = t
+        while "{" in s:
+            a = s.index("{")
+            b = s.index("}", a)
+            s = s[:a] + rng.choice(_WORDS[s[a + 1:b]]) + s[b + 1:]
+        out.append(s[0].upper() + s[1:])
+    return out
+
+
+# ---------------------------------------------------------------- sources
+def asterisk_transcripts(path: Path = ASTERISK_TEXT) -> dict[str, str]:
+    """name -> text for spoken prompts (bracketed non-speech descriptions dropped)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: install the Debian package asterisk-core-sounds-en")
+    out = {}
+    for line in gzip.open(path, "rt", encoding="utf-8", errors="replace"):
+        line = line.strip()
+        if not line or line.startswith(";") or ":" not in line:
+            continue
+        name, _, text = line.partition(":")
+        text = " ".join(text.split())
+        if not text or text.startswith("[") or not any(c.isalpha() for c in text):
+            continue
+        out[name.strip()] = text
+    return out
+
+
+def decode_asterisk(names: list[str], out_dir: Path, rate: int, chunk: int = 64) -> dict[str, Path]:
+    """G.722 prompts -> 16-bit wavs at `rate`, many files per ffmpeg call. Returns name -> wav path."""
+    if shutil.which("ffmpeg") is None:
+        raise FileNotFoundError("ffmpeg not found on PATH (needed to decode the G.722 prompts)")
+    out = {}
+    for s in range(0, len(names), chunk):
+        part = [n for n in names[s:s + chunk] if (ASTERISK_DIR / f"{n}.g722").exists()]
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y"]
+        for n in part:
+            cmd += ["-f", "g722", "-i", str(ASTERISK_DIR / f"{n}.g722")]
+        for i, n in enumerate(part):
+            dst = out_dir / f"asterisk_{n.replace('/', '_')}.wav"
+            cmd += ["-map", f"{i}:a", "-ac", "1", "-ar", str(rate), "-c:a", "pcm_s16le", str(dst)]
+            out[n] = dst
+        if part:
+            subprocess.run(cmd, check=True)
+    return out
+
+
+def synthesize(text: str, voice: str, dst: Path, rate: int, speed: int, pitch: int) -> None:
+    """espeak-ng -> wav at `rate`."""
+    with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", tmp.name, text],
+                       check=True, capture_output=True)
+        wav, sr = sf.read(tmp.name, dtype="float32")
+    wav = A.resample(wav, sr, rate).numpy()
+    sf.write(dst, np.clip(wav, -1, 1), rate, subtype="PCM_16")
+
+
+def build_raw(cfg: DemoConfig, progress: bool = True) -> Path:
+    """raw/ wavs + manifest.jsonl (skipped when the manifest exists)."""
+    from tqdm import tqdm
+
+    raw = Path(cfg.out_dir) / "raw"
+    manifest = raw / "manifest.jsonl"
+    if manifest.exists():
+        return manifest
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(cfg.seed)
+    rows = []
+    texts = asterisk_transcripts()
+    names = sorted(texts)
+    if cfg.n_prompts is not None:
+        names = sorted(rng.sample(names, min(cfg.n_prompts, len(names))))
+    wavs = decode_asterisk(names, raw, cfg.sample_rate)
+    for n, p in wavs.items():
+        rows.append({"path": p.name, "id": p.stem, "text": texts[n], "speaker": "asterisk-prompts",
+                     "language": "en", "origin": "asterisk"})
+    if cfg.n_synth:
+        if shutil.which("espeak-ng") is None:
+            raise FileNotFoundError("espeak-ng not found on PATH (needed for the synthetic speakers)")
+        from concurrent.futures import ThreadPoolExecutor
+
+        jobs = []
+        for i, text in enumerate(sentences(cfg.n_synth, cfg.seed)):
+            voice = cfg.voices[i % len(cfg.voices)]
+            jobs.append((text, voice, raw / f"espeak_{i:05d}.wav", rng.randint(145, 185), rng.randint(35, 65)))
+        with ThreadPoolExecutor(cfg.workers) as ex:  # espeak-ng runs in subprocesses: threads suffice
+            futures = [ex.submit(synthesize, text, voice, dst, cfg.sample_rate, speed, pitch)
+                       for text, voice, dst, speed, pitch in jobs]
+            for f in tqdm(futures, desc="espeak-ng", unit="utt", disable=not progress):
+                f.result()
+        for text, voice, dst, _, _ in jobs:
+            rows.append({"path": dst.name, "id": dst.stem, "text": text, "speaker": f"espeak-{voice}",
+                         "language": "en", "origin": "espeak-ng"})
+    for r in rows:
+        r["split"] = "val" if rng.random() < cfg.val_fraction else "train"
+    if not any(r["split"] == "val" for r in rows):
+        rows[-1]["split"] = "val"
+    tmp = manifest.with_name(f"manifest.jsonl.tmp-{os.getpid()}")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, manifest)
+    return manifest
+
+
+def iter_wavs(shards, rate: int) -> Iterator[torch.Tensor]:
+    """Decoded waveforms of every sample, streamed (nothing accumulates)."""
+    for url in expand_shards(shards):
+        for s in iter_tar(url):
+            if s["__key__"] == TOKENIZER_MEMBER or audio_ext(s) is None:
+                continue
+            try:
+                wav, sr = A.decode(s[audio_ext(s)])
+            except A.AudioError:
+                continue
+            yield A.resample(wav, sr, rate)
+
+
+def build_demo(cfg: DemoConfig | None = None, progress: bool = True, log=print) -> dict:
+    """Build (or find complete) the demo corpus; returns the summary written to demo.json."""
+    from metis.data.prepare import prepare
+    from metis.data.tokenize import tokenize
+    from metis.tokenizers.kmeans import KMeansConfig, KMeansTokenizer
+
+    cfg = cfg or DemoConfig()
+    root = Path(cfg.out_dir)
+    done = root / "demo.json"
+    if done.exists():
+        summary = json.loads(done.read_text())
+        if summary.get("config") == _jsonable(cfg):
+            summary["already_done"] = True
+            return summary
+        raise RuntimeError(f"{done} was built with another configuration {summary.get('config')}; "
+                           f"remove {root} (or choose another out_dir) to rebuild")
+    t0 = time.time()
+    manifest = build_raw(cfg, progress)
+    sources = discover_manifest(manifest, "en")
+    splits = {}
+    for split in ("train", "val"):
+        subset = [s for s in sources if s.extra.get("split") == split]
+        d = root / "shards" / split
+        if (d / "prepare.json").exists():
+            splits[split] = json.loads((d / "prepare.json").read_text())
+        else:
+            splits[split] = write_shards(subset, d, sample_rate=cfg.sample_rate, min_dur=cfg.min_dur,
+                                         max_dur=cfg.max_dur, max_count=cfg.shard_samples, seed=cfg.seed,
+                                         prefix=split, progress=progress, desc=f"shards/{split}")
+    tok_dir = root / "tokenizer"
+    if (tok_dir / "kmeans.json").exists():
+        tok = KMeansTokenizer.load(tok_dir)
+    else:
+        log(f"fitting k-means ({cfg.n_clusters} clusters) on shards/train ...")
+        wavs = iter_wavs(str(root / "shards" / "train"), 16000)
+        tok = KMeansTokenizer.fit(wavs, KMeansConfig(n_clusters=cfg.n_clusters, max_fit_frames=cfg.max_fit_frames,
+                                                     seed=cfg.seed), log=log)
+        tok.save(tok_dir)
+    tokens = {}
+    for split in ("train", "val"):
+        tokens[split] = tokenize(str(root / "shards" / split), root / "tokens" / split, tok, progress=progress)
+    speakers = {s.speaker for s in sources}
+    summary = {
+        "out_dir": str(root),
+        "hours": round(sum(splits[s]["hours"] for s in splits), 4),
+        "samples": {s: splits[s]["samples"] for s in splits},
+        "speakers": len(speakers),
+        "shards": {s: splits[s]["shards"] for s in splits},
+        "train_shards": str(root / "tokens" / "train"),
+        "val_shards": str(root / "tokens" / "val"),
+        "tokenizer": f"kmeans:{tok_dir}",
+        "tokenizer_identity": tok.identity(),
+        "skipped": {s: splits[s]["skipped"] for s in splits},
+        "build_s": round(time.time() - t0, 1),
+        "config": _jsonable(cfg),
+    }
+    write_json_atomic(done, summary)
+    return summary
+
+
+def _jsonable(cfg: DemoConfig) -> dict:
+    """The settings that determine the corpus (`workers` only changes speed)."""
+    d = json.loads(json.dumps(asdict(cfg)))
+    d.pop("workers")
+    return d

@@ -1,0 +1,361 @@
+"""Reading shards for training and validation: one factory, `build_loader`, no Lightning.
+
+Pipeline inside each DataLoader worker:
+    shard urls (split by rank and worker) -> tar samples (webdataset) -> parse + check (json,
+    tokenizer identity, tokens, duration) -> [train: sample shuffle buffer] -> token-budget batches
+    -> decode + resample audio (soundfile, torchaudio) -> collate -> batch dict (see collate.py)
+
+Modes:
+    train  endless: every (rank, worker) walks its own seeded random permutation of *all* shards,
+           reshuffled on each pass, so no rank ever runs dry and DDP never waits on a short rank.
+           `batches_per_epoch` (per rank) cuts the stream into epochs when the trainer wants them.
+    val    finite and deterministic: each sample is read exactly once over all ranks and workers
+           (whole shards per (rank, worker) when there are enough shards, otherwise every slot
+           reads all shards and keeps every k-th sample), in the same order every time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from metis.data import audio as A
+from metis.data import skips as S
+from metis.data.batching import token_budget_batches
+from metis.data.collate import Item, collate
+from metis.data.shards import REQUIRED_JSON, TOKENIZER_MEMBER, audio_ext, expand_shards, load_npy
+
+FIELDS = ("sem", "ac", "vis", "wav16", "wav24")
+WAV_RATES = {"wav16": 16000, "wav24": 24000}
+SKIPS_ONLY = "__skips_only__"  # a record carrying only skip counts; MetisLoader absorbs it
+
+
+def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world): explicit values, else torch.distributed when initialised, else RANK/WORLD_SIZE."""
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class ShardStream(IterableDataset):
+    """The per-worker pipeline; yields collated batch dicts. Build it through `build_loader`."""
+
+    def __init__(self, urls: list[str], *, mode: Literal["train", "val"], fields: tuple[str, ...],
+                 max_tokens: int, min_dur: float, max_dur: float, seed: int, frame_rate: float,
+                 shuffle_buffer: int, pool_batches: int, max_batch_size: int | None,
+                 batches_per_epoch: int | None, tokenizer_identity: dict | None,
+                 acoustic_identity: dict | None, required_json: tuple[str, ...],
+                 rank: int | None, world_size: int | None):
+        self.urls, self.mode, self.fields = urls, mode, fields
+        self.max_tokens, self.min_dur, self.max_dur = max_tokens, min_dur, max_dur
+        self.seed, self.frame_rate = seed, frame_rate
+        self.shuffle_buffer, self.pool_batches, self.max_batch_size = shuffle_buffer, pool_batches, max_batch_size
+        self.batches_per_epoch = batches_per_epoch
+        self.identities = {"sem": tokenizer_identity, "ac": acoustic_identity}
+        self.required_json = required_json
+        self._rank_arg, self._world_arg = rank, world_size
+        self.rank, self.world_size = dist_info(rank, world_size)
+        self.epoch = 0  # bumped by MetisLoader in the main process before workers start
+        self._local_iters = 0  # bumped inside a (persistent) worker on each new pass
+
+    def resolve_dist(self) -> None:
+        self.rank, self.world_size = dist_info(self._rank_arg, self._world_arg)
+
+    # ------------------------------------------------------------------ shards and samples
+    def _slot(self) -> tuple[int, int]:
+        wi = get_worker_info()
+        wid, nw = (wi.id, wi.num_workers) if wi is not None else (0, 1)
+        return self.rank * nw + wid, self.world_size * nw
+
+    def _train_urls(self, rng: random.Random) -> Iterator[str]:
+        while True:
+            order = list(self.urls)
+            rng.shuffle(order)
+            yield from order
+
+    def _samples(self, urls, counter: S.SkipCounter) -> Iterator[dict]:
+        import webdataset as wds
+
+        def handler(exn: Exception) -> bool:
+            counter.skip(S.SHARD_ERROR, "", f"{type(exn).__name__}: {exn}")
+            return True  # go on with the next shard
+
+        streams = wds.tariterators.url_opener(({"url": u} for u in urls), handler=handler)
+        files = wds.tariterators.tar_file_expander(streams, handler=handler)
+        yield from wds.tariterators.group_by_keys(files, handler=handler)
+
+    def _parse(self, samples: Iterator[dict], counter: S.SkipCounter,
+               keep: tuple[int, int] | None) -> Iterator[Item]:
+        """Raw tar samples -> checked Items; `keep=(slot, n)` keeps every n-th sample (val split)."""
+        shard_ids: dict[str, dict] = {}
+        index = -1
+        for s in samples:
+            url, key = s.get("__url__", "?"), s.get("__key__", "?")
+            if key == TOKENIZER_MEMBER:
+                try:
+                    shard_ids = {url: json.loads(s["json"])}
+                except (KeyError, ValueError) as exn:
+                    counter.skip(S.BAD_JSON, f"{url}:{TOKENIZER_MEMBER}", str(exn))
+                    shard_ids = {url: {}}
+                continue
+            index += 1
+            if keep is not None and index % keep[1] != keep[0]:
+                continue
+            where = f"{url}:{key}"
+            try:
+                yield self._item(s, url, key, shard_ids.get(url, {}), counter)
+            except _Skip as sk:
+                counter.skip(sk.reason, where, sk.detail)
+
+    def _item(self, s: dict, url: str, key: str, shard_ids: dict, counter) -> Item:
+        if "json" not in s:
+            raise _Skip(S.MISSING_FIELD, "no .json member")
+        try:
+            meta = json.loads(s["json"])
+        except ValueError as exn:
+            raise _Skip(S.BAD_JSON, f"invalid json ({exn})") from None
+        if not isinstance(meta, dict):
+            raise _Skip(S.BAD_JSON, "json is not an object")
+        missing = [f for f in self.required_json if f not in meta]
+        if missing:
+            raise _Skip(S.MISSING_FIELD, f"json lacks field(s) {missing}")
+        dur = _float(meta.get("duration"))
+        if dur is None or math.isnan(dur):
+            raise _Skip(S.BAD_JSON, f"duration {meta.get('duration')!r} is not a number")
+        if dur <= 0:
+            raise _Skip(S.EMPTY_AUDIO, f"duration {dur}")
+        if dur < self.min_dur:
+            raise _Skip(S.TOO_SHORT, f"duration {dur:.2f}s < min_dur {self.min_dur}")
+        if dur > self.max_dur:
+            raise _Skip(S.TOO_LONG, f"duration {dur:.2f}s > max_dur {self.max_dur}")
+        item = Item(key=key, url=url, meta=meta, length=math.ceil(dur * self.frame_rate))
+        lengths = []
+        for name in ("sem", "ac", "vis"):
+            if name not in self.fields:
+                continue
+            member = f"{name}.npy"
+            if member not in s:
+                raise _Skip(S.MISSING_FIELD, f"no {member} member")
+            want = self.identities.get(name)
+            if want is not None and shard_ids.get(name) != want:
+                raise _Skip(S.TOKENIZER_MISMATCH,
+                            f"{name} tokens made by {shard_ids.get(name)}, configured {want}")
+            try:
+                arr = load_npy(s[member])
+            except Exception as exn:
+                raise _Skip(S.BAD_TOKENS, f"{member} unreadable ({type(exn).__name__}: {exn})") from None
+            arr = self._check_array(name, arr, dur)
+            setattr(item, name, arr)
+            lengths.append(arr.shape[0])
+        if lengths:
+            item.length = max(lengths)
+        if any(f in self.fields for f in WAV_RATES):
+            ext = audio_ext(s)
+            if ext is None:
+                raise _Skip(S.MISSING_FIELD, "no audio member (flac/mp3/wav/...)")
+            item.audio = s[ext]
+        return item
+
+    def _check_array(self, name: str, arr: np.ndarray, dur: float) -> np.ndarray:
+        if name == "ac":
+            if arr.ndim != 2 or arr.shape[0] != 12:
+                raise _Skip(S.BAD_TOKENS, f"ac.npy shape {arr.shape}, expected (12, t)")
+            arr = np.ascontiguousarray(arr.T)  # stored (12, t) -> (t, 12)
+        elif name == "sem" and arr.ndim != 1:
+            raise _Skip(S.BAD_TOKENS, f"sem.npy shape {arr.shape}, expected (t,)")
+        if arr.shape[0] == 0:
+            raise _Skip(S.BAD_TOKENS, f"{name}.npy is empty")
+        if name in ("sem", "ac") and arr.dtype.kind not in "iu":
+            raise _Skip(S.BAD_TOKENS, f"{name}.npy dtype {arr.dtype} is not integer")
+        if name == "vis":
+            if not np.isfinite(arr).all():
+                raise _Skip(S.BAD_TOKENS, "vis.npy has NaN/inf")
+            return arr
+        expect = dur * self.frame_rate
+        if abs(arr.shape[0] - expect) > max(2.0, 0.02 * expect):
+            raise _Skip(S.BAD_TOKENS, f"{name}.npy has {arr.shape[0]} frames, duration says {expect:.0f}")
+        return arr
+
+    def _decode(self, items: list[Item], counter: S.SkipCounter) -> list[Item]:
+        wants = [f for f in WAV_RATES if f in self.fields]
+        if not wants:
+            return items
+        out = []
+        for it in items:
+            try:
+                wav, sr = A.decode(it.audio)
+            except A.AudioError as exn:
+                counter.skip(exn.reason, f"{it.url}:{it.key}", str(exn))
+                continue
+            dur, claimed = len(wav) / sr, float(it.meta["duration"])
+            if abs(dur - claimed) > max(0.1, 0.02 * claimed):
+                counter.skip("duration_mismatch", f"{it.url}:{it.key}", f"audio {dur:.2f}s, json {claimed:.2f}s")
+                continue
+            if not np.abs(wav).max() > 0:
+                counter.skip("silent_audio", f"{it.url}:{it.key}", "all-zero audio")
+                continue
+            for f in wants:
+                it.wavs[f] = A.resample(wav, sr, WAV_RATES[f])
+            it.audio = None  # free the encoded bytes
+            out.append(it)
+        return out
+
+    # ------------------------------------------------------------------ the stream
+    def __iter__(self) -> Iterator[dict]:
+        self._local_iters += 1
+        slot, n_slots = self._slot()
+        counter = S.SkipCounter()
+        if self.mode == "train":
+            rng = random.Random(f"{self.seed}/{self.epoch}/{self._local_iters}/{slot}")
+            samples = self._samples(self._train_urls(rng), counter)
+            items = _shuffle(self._parse(samples, counter, None), self.shuffle_buffer, rng)
+            limit = None
+            if self.batches_per_epoch is not None:
+                wi = get_worker_info()
+                nw = wi.num_workers if wi is not None else 1
+                limit = math.ceil(self.batches_per_epoch / nw)
+        else:
+            rng = None
+            if len(self.urls) >= n_slots:
+                samples, keep = self._samples(self.urls[slot::n_slots], counter), None
+            else:
+                samples, keep = self._samples(self.urls, counter), (slot, n_slots)
+            items = self._parse(samples, counter, keep)
+            limit = None
+
+        def oversize(it: Item) -> None:
+            counter.skip(S.TOO_LONG, f"{it.url}:{it.key}", f"{it.length} frames > max_tokens {self.max_tokens}")
+
+        batches = token_budget_batches(items, lambda it: it.length, self.max_tokens,
+                                       pool_batches=self.pool_batches, max_batch_size=self.max_batch_size,
+                                       rng=rng, on_oversize=oversize)
+        emitted = 0
+        for group in batches:
+            group = self._decode(group, counter)
+            if not group:
+                continue
+            batch = collate(group, self.fields)
+            batch["skipped"] = counter.delta()
+            yield batch
+            emitted += 1
+            if limit is not None and emitted >= limit:
+                return
+        tail = counter.delta()
+        if tail:  # skips after the last batch (or a worker whose samples were all bad): ship them too
+            yield {SKIPS_ONLY: True, "skipped": tail}
+
+
+class _Skip(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def _float(v) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _shuffle(items: Iterator[Item], size: int, rng: random.Random) -> Iterator[Item]:
+    """Reservoir-style shuffle buffer of `size` items."""
+    if size <= 1:
+        yield from items
+        return
+    buf: list[Item] = []
+    for it in items:
+        if len(buf) < size:
+            buf.append(it)
+            continue
+        j = rng.randrange(size)
+        yield buf[j]
+        buf[j] = it
+    rng.shuffle(buf)
+    yield from buf
+
+
+class MetisLoader(DataLoader):
+    """A DataLoader over a `ShardStream` that adds up the workers' skip counts in `self.skips`
+    (a `SkipCounter`; log `loader.skips.as_dict()`), and resolves rank/world and the epoch seed
+    in the main process before the workers start."""
+
+    def __iter__(self):
+        ds = self.dataset
+        if isinstance(ds, ShardStream):
+            ds.resolve_dist()
+            ds.epoch = getattr(self, "_metis_epoch", 0)
+            self._metis_epoch = ds.epoch + 1
+        if not hasattr(self, "skips"):
+            self.skips = S.SkipCounter()
+        for batch in super().__iter__():
+            self.skips.add(batch.get("skipped", {}))
+            if not batch.get(SKIPS_ONLY):
+                yield batch
+
+
+def build_loader(shards: str | Sequence[str], *, mode: Literal["train", "val"] = "train",
+                 max_tokens: int = 10_000, fields: Sequence[str] = ("sem",), num_workers: int = 2,
+                 seed: int = 0, tokenizer_identity: dict | None = None,
+                 acoustic_identity: dict | None = None, min_dur: float = 0.5, max_dur: float = 30.0,
+                 frame_rate: float = 50.0, shuffle_buffer: int = 500, pool_batches: int | None = None,
+                 max_batch_size: int | None = None, batches_per_epoch: int | None = None,
+                 rank: int | None = None, world_size: int | None = None,
+                 required_json: Sequence[str] = REQUIRED_JSON, pin_memory: bool = False,
+                 prefetch_factor: int | None = 4, persistent_workers: bool = False) -> MetisLoader:
+    """Build the DataLoader the training/validation code iterates (batches formed inside; batch_size=None).
+
+    Args:
+        shards: shard list or pattern(s): brace patterns, globs, directories, URLs ("::" joins).
+        mode: "train" (endless, shuffled, resampled shards) or "val" (finite, deterministic, each
+            sample once over all ranks and workers).
+        max_tokens: frames per batch including padding (len(batch) · max_len ≤ max_tokens).
+        fields: what each batch carries: "sem" (SSL tokens), "ac" (acoustic tokens), "vis" (visual
+            features), "wav16"/"wav24" (raw audio resampled to 16/24 kHz).
+        tokenizer_identity / acoustic_identity: the configured tokenizers' `identity()`; samples
+            from shards made by another tokenizer are skipped and counted (`tokenizer_mismatch`).
+        min_dur, max_dur: duration filter in seconds (from each sample's json).
+        shuffle_buffer: sample shuffle buffer (train).
+        pool_batches: bucketing pool in batches' worth of frames (more: less padding, more memory).
+            None: 64 for token-only fields (~2% padding at 10K tokens), 16 when raw audio is
+            loaded (~7%; the pool holds the encoded audio of 16 batches per worker).
+        max_batch_size: optional cap on samples per batch.
+        batches_per_epoch: train only: batches per rank per epoch (None: endless).
+        rank, world_size: override torch.distributed / RANK, WORLD_SIZE (resolved when iterated).
+        required_json: json fields a sample must have.
+
+    Returns:
+        MetisLoader yielding the batch dicts of `metis.data.collate`; `loader.skips` totals skips.
+
+    Raises:
+        ValueError / FileNotFoundError: bad fields, budget, or a shard pattern matching nothing.
+    """
+    fields = tuple(fields)
+    bad = [f for f in fields if f not in FIELDS]
+    if bad or not fields:
+        raise ValueError(f"fields {fields}: each must be one of {FIELDS}")
+    if mode not in ("train", "val"):
+        raise ValueError(f"mode must be 'train' or 'val', got {mode!r}")
+    if max_dur * frame_rate > max_tokens:
+        raise ValueError(f"max_dur={max_dur}s is {max_dur * frame_rate:.0f} frames, more than max_tokens="
+                         f"{max_tokens}: such samples could never fit a batch")
+    if pool_batches is None:
+        pool_batches = 16 if any(f in WAV_RATES for f in fields) else 64
+    urls = expand_shards(shards)
+    ds = ShardStream(urls, mode=mode, fields=fields, max_tokens=max_tokens, min_dur=min_dur, max_dur=max_dur,
+                     seed=seed, frame_rate=frame_rate, shuffle_buffer=shuffle_buffer, pool_batches=pool_batches,
+                     max_batch_size=max_batch_size, batches_per_epoch=batches_per_epoch if mode == "train" else None,
+                     tokenizer_identity=tokenizer_identity, acoustic_identity=acoustic_identity,
+                     required_json=tuple(required_json), rank=rank, world_size=world_size)
+    return MetisLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                       prefetch_factor=prefetch_factor if num_workers > 0 else None,
+                       persistent_workers=persistent_workers and num_workers > 0)

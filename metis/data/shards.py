@@ -1,0 +1,201 @@
+"""The shard format: plain tar files, one sample = the members sharing a key.
+
+A sample is `{key}.{flac|mp3|wav}` + `{key}.json` (Emilia's layout: `id`, `text`, `duration`,
+`speaker`, `language`, optional `dnsmos`), optionally with `{key}.sem.npy` (int16 SSL tokens, 50 Hz),
+`{key}.ac.npy` (int16 acoustic tokens, (12, T)) and `{key}.vis.npy` (visual features).
+A token shard starts with a member `__tokenizer__.json` = {"sem": identity, "ac": identity} naming the
+tokenizers that made its tokens (see `metis.tokenizers.base.SpeechTokenizer.identity`).
+
+Writers here are atomic: a shard is written to a temporary name beside its target and renamed into
+place only when complete, so a shard that exists is a finished shard.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+TOKENIZER_MEMBER = "__tokenizer__"
+AUDIO_EXTS = ("flac", "mp3", "wav", "ogg", "opus", "m4a")
+REQUIRED_JSON = ("id", "text", "duration", "speaker", "language")
+
+
+def is_remote(url: str) -> bool:
+    return "://" in url or url.startswith("pipe:")
+
+
+def expand_shards(shards: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
+    """Brace patterns ("{000..099}"), '::'-joined lists, globs, directories (all *.tar inside),
+    local paths and URLs -> an explicit shard list.
+
+    Raises:
+        ValueError: the pattern(s) expanded to nothing (the message names them).
+        FileNotFoundError: a local shard that does not exist (named).
+    """
+    import webdataset as wds
+
+    specs = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
+    if not specs:
+        raise ValueError("empty shard list: no shards given")
+    out: list[str] = []
+    for spec in specs:
+        spec = os.fspath(spec)
+        missing = []
+        for url in wds.shardlists.expand_urls(spec):
+            if is_remote(url):
+                out.append(url)
+            elif os.path.isdir(url):
+                found = sorted(glob.glob(os.path.join(url, "*.tar")))
+                if not found:
+                    raise ValueError(f"shard directory {url!r} (from {spec!r}) holds no *.tar")
+                out.extend(found)
+            elif any(c in url for c in "*?["):
+                out.extend(sorted(glob.glob(url)))
+            elif not os.path.exists(url):
+                missing.append(url)
+            else:
+                out.append(url)
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} shard(s) from pattern {spec!r} do not exist: "
+                                    f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    if not out:
+        raise ValueError(f"shard pattern(s) {specs!r} expanded to an empty list")
+    return out
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0  # byte-identical shards for identical content
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+class ShardWriter:
+    """Writes one tar atomically: members go to `{path}.tmp-{pid}`, renamed to `path` on `close()`.
+
+    Use as a context manager; on an exception the temporary file is removed and `path` is untouched.
+    """
+
+    def __init__(self, path: str | os.PathLike, tokenizers: dict[str, dict] | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self._tar = tarfile.open(self.tmp, "w")
+        self.count = 0
+        self.nbytes = 0
+        if tokenizers:
+            _add_member(self._tar, f"{TOKENIZER_MEMBER}.json", json.dumps(tokenizers, sort_keys=True).encode())
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        """members: extension ('flac', 'json', 'sem.npy', ...) -> bytes."""
+        if "." in key or "/" in key or key.startswith("__"):
+            raise ValueError(f"sample key {key!r} must not contain '.' or '/' nor start with '__'")
+        for ext, data in members.items():
+            _add_member(self._tar, f"{key}.{ext}", data)
+            self.nbytes += len(data) + 512
+        self.count += 1
+
+    def close(self) -> None:
+        self._tar.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self._tar.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class ShardSink:
+    """Rolls samples into `{out_dir}/{prefix}-{i:06d}.tar`, a new shard every `max_count` samples or
+    `max_bytes` bytes, each shard written atomically."""
+
+    def __init__(self, out_dir: str | os.PathLike, prefix: str = "shard", max_count: int = 1000,
+                 max_bytes: int = 1 << 30, tokenizers: dict[str, dict] | None = None):
+        self.out_dir = Path(out_dir)
+        self.prefix, self.max_count, self.max_bytes, self.tokenizers = prefix, max_count, max_bytes, tokenizers
+        self.paths: list[Path] = []
+        self.samples = 0
+        self._w: ShardWriter | None = None
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        if self._w is not None and (self._w.count >= self.max_count or self._w.nbytes >= self.max_bytes):
+            self._finish()
+        if self._w is None:
+            path = self.out_dir / f"{self.prefix}-{len(self.paths):06d}.tar"
+            self._w = ShardWriter(path, self.tokenizers)
+        self._w.write(key, members)
+        self.samples += 1
+
+    def _finish(self) -> None:
+        assert self._w is not None
+        self._w.close()
+        self.paths.append(self._w.path)
+        self._w = None
+
+    def close(self) -> list[Path]:
+        if self._w is not None:
+            self._finish()
+        return self.paths
+
+    def abort(self) -> None:
+        if self._w is not None:
+            self._w.abort()
+            self._w = None
+
+
+def iter_tar(path: str, handler=None) -> Iterator[dict]:
+    """Samples of one shard in order: dicts ext -> bytes plus `__key__`, `__url__`. The tokenizer
+    member comes back as a sample with key `__tokenizer__`. Read errors go to `handler(exn)` (which
+    returns True to stop quietly) or are raised."""
+    import webdataset as wds
+
+    def reraise(exn):
+        raise exn
+
+    h = handler or reraise
+    streams = wds.tariterators.url_opener([{"url": path}], handler=h)
+    files = wds.tariterators.tar_file_expander(streams, handler=h)
+    yield from wds.tariterators.group_by_keys(files, handler=h)
+
+
+def read_tokenizers(path: str) -> dict[str, dict] | None:
+    """The `__tokenizer__.json` of a shard (first member), or None when the shard has none."""
+    with tarfile.open(path, "r|*") as tar:
+        for info in tar:
+            if info.name == f"{TOKENIZER_MEMBER}.json":
+                return json.loads(tar.extractfile(info).read())
+            return None
+    return None
+
+
+def audio_ext(sample: dict) -> str | None:
+    for ext in AUDIO_EXTS:
+        if ext in sample:
+            return ext
+    return None
