@@ -14,7 +14,7 @@ Layouts read (the user points at their own copy):
   ``clean_fileid_N.wav``) and ``real_recordings/*.wav``; outputs under ``gen_dir`` with the same path
   relative to the test-set root, or flat by file name.
 - Libri2Mix test: ``<root>/metadata/mixture_test_<mix>.csv`` (``mixture_ID,mixture_path,source_1_path,
-  source_2_path,...``) with paths relative to the dataset root or absolute; the target is source 1 unless an
+  source_2_path,...``) with paths relative to the dataset root or absolute (re-rooted when absent); the target is source 1 unless an
   enrollment file (TSV ``mixture_ID<TAB>s1|s2<TAB>enrollment.wav``) says otherwise; transcripts come from a
   LibriSpeech test-clean copy (``*.trans.txt``) when given.
 """
@@ -197,8 +197,12 @@ def read_libri2mix(root: str | Path, gen_dir: str | Path, *, mix: str = "mix_cle
     texts = _librispeech_texts(Path(librispeech) if librispeech else None)
 
     def resolve(p: str) -> Path:
+        # LibriMix writes absolute paths of the machine that generated it: re-root the
+        # <split>/<kind>/<file>.wav tail under the user's copy when they do not exist here
         q = Path(p)
-        return q if q.is_absolute() and q.exists() else root / p if (root / p).exists() else q
+        if q.is_absolute():
+            return q if q.exists() else root.joinpath(*q.parts[-3:])
+        return root / q
 
     items = []
     with open(meta, newline="", encoding="utf-8") as f:

@@ -71,15 +71,17 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
             w.writerow({k: ("" if isinstance(r.get(k), float) and math.isnan(r[k]) else r.get(k, "")) for k in columns})
 
 
+def _scale(key: str, task: str) -> int:
+    """Display scale as in the papers: WER/CER in percent, L2S SIM on a 0-100 scale."""
+    base = key.removeprefix("input_")
+    return 100 if base in _RATE_KEYS or (base.startswith("sim") and task == "l2s") else 1
+
+
 def _display(key: str, value: float, task: str) -> str:
     if isinstance(value, float) and math.isnan(value):
         return "–"
-    base = key.removeprefix("input_")
-    if base in _RATE_KEYS:
-        return f"{100 * value:.2f}"
-    if base.startswith("sim") and task == "l2s":
-        return f"{100 * value:.2f}"
-    return f"{value:.3f}"
+    scale = _scale(key, task)
+    return f"{scale * value:.2f}" if scale != 1 else f"{value:.3f}"
 
 
 def _header(key: str, task: str) -> str:
@@ -90,15 +92,24 @@ def _header(key: str, task: str) -> str:
 
 
 def markdown(summary: list[dict], *, task: str, metrics: list[str], notes: list[str], stats: dict) -> str:
-    keys = [k for k in summary[0] if k not in ("subset", "n", "hours")]
+    all_keys = [k for k in summary[0] if k not in ("subset", "n", "hours")]
+    keys = [k for k in all_keys if not k.startswith("input_")]
     lines = [f"# Evaluation: {task}", "", "| subset | n | hours | " + " | ".join(_header(k, task) for k in keys) + " |",
              "|---|---|---|" + "---|" * len(keys)]
     for s in summary:
         lines.append(f"| {s['subset']} | {s['n']} | {s['hours']} | "
                      + " | ".join(_display(k, s[k], task) for k in keys) + " |")
+    paired = [k for k in keys if f"input_{k}" in all_keys]
+    if paired:
+        lines += ["", "Before (unprocessed input: noisy speech / mixture) and after (output), per subset:", "",
+                  "| subset | metric | input | output | change |", "|---|---|---|---|---|"]
+        for s in summary:
+            for k in paired:
+                before, after = s[f"input_{k}"], s[k]
+                change = f"{_scale(k, task) * (after - before):+.3f}" if not math.isnan(after - before) else "–"
+                lines.append(f"| {s['subset']} | {_header(k, task)} | {_display(k, before, task)} | "
+                             f"{_display(k, after, task)} | {change} |")
     lines += ["", "Metrics:"] + [f"- {d}" for d in metrics]
-    if any(k.startswith("input_") for k in keys):
-        lines.append("- `input ...` columns score the unprocessed input (noisy speech / mixture): before vs after.")
     if notes:
         lines += ["", "Notes:"] + [f"- {n}" for n in notes]
     fails = {k: v for k, v in stats.get("failures", {}).items() if v}
@@ -137,7 +148,11 @@ def plot(rows: list[dict], out_dir: Path, *, task: str) -> list[Path]:
         plt.close(fig)
     pairs = [k for k in keys if any(f"input_{k}" in r for r in rows)]
     if pairs:
-        fig, axes = plt.subplots(1, len(pairs), figsize=(2.6 * len(pairs), 3.2), squeeze=False)
+        cols = min(6, len(pairs))
+        nrows = math.ceil(len(pairs) / cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(2.6 * cols, 3.0 * nrows), squeeze=False)
+        for ax in list(axes.flat)[len(pairs):]:
+            ax.axis("off")
         for ax, k in zip(axes.flat, pairs):
             before = _mean([r.get(f"input_{k}", float("nan")) for r in rows])
             after = _mean([r.get(k, float("nan")) for r in rows])
