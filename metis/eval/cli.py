@@ -67,8 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def protocol_of(a: argparse.Namespace) -> str:
+    return a.protocol or ("manifest" if a.manifest else "folder")
+
+
 def load_items(a: argparse.Namespace):
-    protocol = a.protocol or ("manifest" if a.manifest else "folder")
+    protocol = protocol_of(a)
 
     def need(flag: str, value):
         if not value:
@@ -110,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     stats["wall_seconds"] = time.perf_counter() - t
     settings = {k: v for k, v in vars(a).items()}
     paths = write_report(rows, a.out, task=a.task, metrics=[m.description for m in metrics], notes=notes,
-                         stats=stats, settings=settings, make_plots=not a.no_plots)
+                         stats=stats, settings=settings, make_plots=not a.no_plots,
+                         protocol=protocol_of(a))
     print(Path(paths["results_md"]).read_text(encoding="utf-8"))
     if a.wandb:
         log_wandb(paths, summarize(rows), task=a.task, project=a.wandb_project, run_name=a.run_name,

@@ -121,6 +121,7 @@ def read_seedtts(meta: str | Path, gen_dir: str | Path, *, task: str = "tts", la
         raise FileNotFoundError(f"SeedTTS meta list not found: {meta}")
     if lang is None:
         lang = "zh" if "zh" in meta.parent.name or "zh" in meta.stem else "en"
+    subset = (meta.parent.name or "seedtts") + ("-hard" if "hard" in meta.stem else "")  # en, zh, zh-hard
     items = []
     for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -133,7 +134,7 @@ def read_seedtts(meta: str | Path, gen_dir: str | Path, *, task: str = "tts", la
         if task == "vc" and gt is None:
             raise ValueError(f"{meta}:{n}: VC needs the 5th field (source wav)")
         items.append(Item(id=f[0], wav=gen_dir / f"{f[0]}.wav", prompt=meta.parent / f[2], text=f[3],
-                          input=gt if task == "vc" else None, lang=lang, subset=meta.parent.name or "seedtts"))
+                          input=gt if task == "vc" else None, lang=lang, subset=subset))
     return items
 
 

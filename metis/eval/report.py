@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from metis.eval.published import published_markdown
+
 log = logging.getLogger(__name__)
 
 # display order of summary columns; keys not listed follow in alphabetical order
@@ -91,7 +93,8 @@ def _header(key: str, task: str) -> str:
     return ("input " if key.startswith("input_") else "") + label
 
 
-def markdown(summary: list[dict], *, task: str, metrics: list[str], notes: list[str], stats: dict) -> str:
+def markdown(summary: list[dict], *, task: str, metrics: list[str], notes: list[str], stats: dict,
+             protocol: str | None = None) -> str:
     all_keys = [k for k in summary[0] if k not in ("subset", "n", "hours")]
     keys = [k for k in all_keys if not k.startswith("input_")]
     lines = [f"# Evaluation: {task}", "", "| subset | n | hours | " + " | ".join(_header(k, task) for k in keys) + " |",
@@ -109,6 +112,9 @@ def markdown(summary: list[dict], *, task: str, metrics: list[str], notes: list[
                 change = f"{_scale(k, task) * (after - before):+.3f}" if not math.isnan(after - before) else "–"
                 lines.append(f"| {s['subset']} | {_header(k, task)} | {_display(k, before, task)} | "
                              f"{_display(k, after, task)} | {change} |")
+    published = published_markdown(protocol, [s["subset"] for s in summary])
+    if published:
+        lines += ["", published.rstrip("\n")]
     lines += ["", "Metrics:"] + [f"- {d}" for d in metrics]
     if notes:
         lines += ["", "Notes:"] + [f"- {n}" for n in notes]
@@ -170,7 +176,8 @@ def plot(rows: list[dict], out_dir: Path, *, task: str) -> list[Path]:
 
 
 def write_report(rows: list[dict], out_dir: str | Path, *, task: str, metrics: list[str], notes: list[str],
-                 stats: dict, settings: dict, make_plots: bool = True) -> dict[str, Path]:
+                 stats: dict, settings: dict, make_plots: bool = True, protocol: str | None = None
+                 ) -> dict[str, Path]:
     """Write ``per_utterance.csv``, ``results.csv``, ``results.md``, ``run.json`` and plots; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,7 +192,8 @@ def write_report(rows: list[dict], out_dir: str | Path, *, task: str, metrics: l
     _write_csv(paths["per_utterance"], rows, ["id", "subset", "seconds"]
                + [k for k in keys if not k.endswith("_corpus")] + counts + text_cols)
     _write_csv(paths["results_csv"], summary, list(summary[0]))
-    paths["results_md"].write_text(markdown(summary, task=task, metrics=metrics, notes=notes, stats=stats),
+    paths["results_md"].write_text(markdown(summary, task=task, metrics=metrics, notes=notes, stats=stats,
+                                            protocol=protocol),
                                    encoding="utf-8")
     paths["run"].write_text(json.dumps({"task": task, "metrics": metrics, "notes": notes, "stats": stats,
                                         "settings": settings, "summary": summary}, indent=2, default=str),

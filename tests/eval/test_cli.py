@@ -68,7 +68,7 @@ def test_cli_end_to_end_with_before_after_and_wandb(tmp_path, monkeypatch):
     run = json.loads((out / "run.json").read_text())
     assert run["task"] == "se" and run["stats"]["audio_seconds"] == pytest.approx(6.0, abs=0.01)
     assert list((tmp_path / "wandb").glob("offline-run-*")), "no offline wandb run written"
-    return out
+
 
 
 def test_cli_tts_wer_and_sim_on_real_speech(tmp_path):

@@ -51,6 +51,7 @@ def test_seedtts_meta(tmp_path):
     assert [i.id for i in tts] == ["u1", "u2"]
     assert tts[0].wav == tmp_path / "gen/u1.wav" and tts[0].prompt == meta.parent / "prompt-wavs/p1.wav"
     assert tts[0].text == "Target text one." and tts[0].lang == "en" and tts[0].input is None
+    assert tts[0].subset == "en"
     with pytest.raises(ValueError, match=r"meta.lst:1: VC needs the 5th field"):
         read_seedtts(meta, tmp_path / "gen", task="vc")
     zh = tmp_path / "zh" / "meta.lst"
@@ -100,6 +101,7 @@ def test_libri2mix_layout(tmp_path):
     assert item.prompt == tmp_path / "enroll/121-0002.wav" and item.wav == tmp_path / "out" / f"{item.id}.wav"
     (default,) = read_libri2mix(root, tmp_path / "out", librispeech=tmp_path / "LibriSpeech")
     assert default.text == "FIRST ONE" and default.prompt is None
+    assert default.input == root / "test/mix_clean/61-70968-0000_121-121726-0001.wav"
     (tmp_path / "bad.tsv").write_text("x\ts3\ty.wav\n")
     with pytest.raises(ValueError, match=r"bad.tsv:1"):
         read_libri2mix(root, tmp_path / "out", enrollment=tmp_path / "bad.tsv")
