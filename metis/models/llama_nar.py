@@ -186,11 +186,27 @@ class LlamaNAR(nn.Module):
                 x = layer(x, c, cos, sin, key_bias)
         return self.norm(x, c)[:, p:]
 
-    def reset_parameters(self, std: float = 0.02) -> None:
-        """Fresh init for training from scratch, as the reference ends up with (Q1, Q3): every Linear
-        N(0, std) with zero bias, including the adaptive-norm gains (so they start near 0, not 1)."""
+    def reset_parameters(self, std: float = 0.02, norm_init: str = "reference") -> None:
+        """Fresh init for training from scratch: every Linear N(0, std) with zero bias.
+
+        norm_init="reference" keeps what the released code ends up with (Q1): the adaptive-norm gains
+        are N(0, std) too, so every norm starts near 0 and early training is slow. "unit" is what the
+        reference intended (gain weight 0, bias 1: every norm starts as a plain RMSNorm); it only
+        changes from-scratch training, never a loaded checkpoint.
+        """
+        if norm_init not in ("reference", "unit"):
+            raise ValueError(f"norm_init must be 'reference' or 'unit', got {norm_init!r}")
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=std)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if norm_init == "unit":
+            self.unit_norm_gains()
+
+    def unit_norm_gains(self) -> None:
+        """Make every adaptive norm start as a plain RMSNorm (gain 1 for any time embedding)."""
+        for m in self.modules():
+            if isinstance(m, AdaptiveRMSNorm):
+                nn.init.zeros_(m.to_weight.weight)
+                nn.init.ones_(m.to_weight.bias)

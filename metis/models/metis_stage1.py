@@ -71,13 +71,16 @@ class MetisStage1(nn.Module):
         mask_prob_floor: lower bound of the training mask ratio sin(πt/2).
         prompt_max_ratio: training prompt lengths are drawn below int(ratio · T).
         gradient_checkpointing: recompute each estimator layer in backward.
+        norm_init: from-scratch init of the adaptive-norm gains: "reference" (≈0, as the released code
+            ends up with, Q1) or "unit" (the intended 1; trains faster from scratch). Irrelevant when
+            a checkpoint is loaded.
     """
 
     def __init__(self, hidden_size: int = 1536, num_layers: int = 16, num_heads: int = 16,
                  cond_codebook_size: int = 8192, cfg_scale: float = 0.15, use_phone_cond: bool = False,
                  ft_type: str | None = None, cond_dim: int = 1024, use_zero_gate_adapter: bool | None = None,
                  phone_vocab_size: int = 1024, phone_pad_id: int = 1023, mask_prob_floor: float = 0.2,
-                 prompt_max_ratio: float = 0.4, gradient_checkpointing: bool = False):
+                 prompt_max_ratio: float = 0.4, gradient_checkpointing: bool = False, norm_init: str = "reference"):
         super().__init__()
         if ft_type not in FT_TYPES:
             raise ValueError(f"ft_type must be one of {FT_TYPES}, got {ft_type!r}")
@@ -101,6 +104,7 @@ class MetisStage1(nn.Module):
         if ft_type in FT_TYPES_WITH_ADAPTER:
             zero_gate = (ft_type != "l2s") if use_zero_gate_adapter is None else use_zero_gate_adapter
             self.cond_adapter = SimpleAdapter(cond_dim, d) if zero_gate else two_layer_mlp(cond_dim, 4 * d, d)
+        self.norm_init = norm_init
         self.reset_parameters()
 
     @property
@@ -124,7 +128,7 @@ class MetisStage1(nn.Module):
                 self.phone_emb.weight[self.phone_pad_id].zero_()
         nn.init.normal_(self.to_logit.weight, std=0.02)
         nn.init.zeros_(self.to_logit.bias)
-        self.diff_estimator.reset_parameters(std=0.02)
+        self.diff_estimator.reset_parameters(std=0.02, norm_init=self.norm_init)
         if isinstance(self.cond_adapter, SimpleAdapter):
             nn.init.zeros_(self.cond_adapter.gate_scale)
 

@@ -53,12 +53,14 @@ class MaskGCTS2A(nn.Module):
         predict_layer_1: if False, layer 0 is never trained (s2a_full, whose layer 0 comes from s2a_1layer).
         prompt_max_ratio: training prompt lengths are drawn below int(prompt_max_ratio * t) (reference: t // 2).
         gradient_checkpointing: recompute estimator layers in backward.
+        norm_init: from-scratch init of the adaptive-norm gains: "reference" (≈0, Q1) or "unit" (the
+            intended 1; trains faster from scratch). Irrelevant when loading a checkpoint.
     """
 
     def __init__(self, num_quantizer: int = 12, hidden_size: int = 1024, num_layers: int = 16, num_heads: int = 16,
                  codebook_size: int = 1024, cfg_scale: float = 0.15, mask_layer_schedule: str = "linear",
                  cond_codebook_size: int = 8192, cond_dim: int = 1024, predict_layer_1: bool = True,
-                 prompt_max_ratio: float = 0.5, gradient_checkpointing: bool = False):
+                 prompt_max_ratio: float = 0.5, gradient_checkpointing: bool = False, norm_init: str = "reference"):
         super().__init__()
         if mask_layer_schedule not in MASK_LAYER_SCHEDULES:
             raise ValueError(f"mask_layer_schedule={mask_layer_schedule!r}; expected one of {MASK_LAYER_SCHEDULES}")
@@ -83,10 +85,12 @@ class MaskGCTS2A(nn.Module):
         # Condition variant of the estimator; keeps the zero-size `embed_tokens.weight` key (Q14).
         self.diff_estimator = LlamaNAR(d, num_layers, num_heads, use_cond_mlp=True, vestigial_embed_tokens=True,
                                        gradient_checkpointing=gradient_checkpointing)
+        self.norm_init = norm_init
         self.reset_parameters()
 
     def reset_parameters(self, std: float = 0.02) -> None:
-        """Fresh init as the reference ends up with: embeddings and Linears N(0, std), biases 0 (Q1, Q3)."""
+        """Fresh init as the reference ends up with: embeddings and Linears N(0, std), biases 0 (Q1, Q3);
+        the adaptive-norm gains per `norm_init`."""
         for m in self.modules():
             if isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, std=std)
@@ -94,6 +98,10 @@ class MaskGCTS2A(nn.Module):
                 nn.init.normal_(m.weight, std=std)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if self.norm_init == "unit":
+            self.diff_estimator.unit_norm_gains()
+        elif self.norm_init != "reference":
+            raise ValueError(f"norm_init must be 'reference' or 'unit', got {self.norm_init!r}")
 
     # ----------------------------------------------------------------------------------------------
     # training-time corruption (§3.3)

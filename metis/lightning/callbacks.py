@@ -1,0 +1,53 @@
+"""Callbacks: export the trained weights in the published safetensors layout."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+
+from metis.checkpoints.io import save_safetensors
+
+
+class ExportSafetensors(L.Callback):
+    """Write `model.safetensors` (the net's state_dict, published key names) and `config.json`
+    (the net's constructor config) at the end of training and, optionally, every N steps.
+
+    The file loads strictly into the same class (`metis.checkpoints`) and into the reference code.
+    Writes are atomic: an interrupted export leaves the previous file intact.
+
+    Args:
+        dirpath: folder for `model.safetensors` and `config.json`.
+        every_n_train_steps: also export during training (0 = only at the end).
+        model_config: the net's config (e.g. the Hydra `model.net` node), stored beside the weights.
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int = 0, model_config: dict | None = None):
+        self.dirpath = Path(dirpath)
+        self.every_n_train_steps = every_n_train_steps
+        self.model_config = model_config
+        self.last_path: Path | None = None
+
+    def export(self, trainer: L.Trainer, module: L.LightningModule) -> Path:
+        path = self.dirpath / "model.safetensors"
+        if trainer.is_global_zero:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            save_safetensors(module.net.state_dict(), path, metadata={"global_step": str(trainer.global_step)})
+            if self.model_config is not None:
+                tmp = self.dirpath / ".config.json.tmp"
+                tmp.write_text(json.dumps(self.model_config, indent=2))
+                os.replace(tmp, self.dirpath / "config.json")
+            rank_zero_info(f"exported weights at step {trainer.global_step} to {path}")
+        self.last_path = path
+        return path
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        n = self.every_n_train_steps
+        if n and trainer.global_step > 0 and trainer.global_step % n == 0:
+            self.export(trainer, module)
+
+    def on_train_end(self, trainer, module) -> None:
+        self.export(trainer, module)

@@ -1,0 +1,185 @@
+"""Lightning modules for masked generative pre-training: Metis stage 1 (SSL tokens) and MaskGCT S2A
+(acoustic tokens conditioned on SSL tokens).
+
+The nets own the corruption (ARCHITECTURE.md §2.3, §3.3); these modules own the objective (cross-entropy
+on masked, non-padding frames), optimisation, metrics and the bits of state a resumed run needs.
+
+Batch keys (from `metis.data`): `sem` (b, t) int64 SSL tokens, `sem_mask` (b, t) 1 = valid; for S2A
+also `ac` (b, t, 12) int64 acoustic tokens and `ac_mask`; without `sem`, raw `wav16` (b, n) and
+`wav16_lens` (b,) are tokenized on the fly by the configured tokenizer.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any, Callable
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from metis.lightning.metrics import masked_token_loss
+
+
+class MaskedGenerativeModule(L.LightningModule):
+    """Shared optimisation, logging and RNG-state handling; subclasses implement `model_step`.
+
+    Args:
+        net: the masked generative model (MetisStage1 or MaskGCTS2A).
+        optimizer: partial of a torch optimizer (called with the parameter groups).
+        scheduler: partial of an LR scheduler (called with the optimizer), stepped every optimizer step.
+        weight_decay_embeddings: also decay embedding tables (matrices are decayed; biases and scalars never).
+        val_seed: validation corruption is seeded per batch so that val/loss is comparable across evaluations.
+        tokenizer: frozen SpeechTokenizer used when batches carry raw audio instead of tokens.
+    """
+
+    def __init__(self, net: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
+                 weight_decay_embeddings: bool = False, val_seed: int = 1234, tokenizer: Any = None):
+        super().__init__()
+        # Only plain values go into the checkpoint's hparams: it must load with weights_only=True.
+        self.save_hyperparameters(ignore=["net", "tokenizer", "optimizer", "scheduler"], logger=False)
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.tokenizer = tokenizer
+        self.val_history: list[float] = []
+        self._step_start: float | None = None
+
+    # ---- one step, shared by train and val -------------------------------------------------
+    def model_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError  # the two subclasses below are the only implementations
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, stats = self.model_step(batch)
+        n_valid = stats.pop("n_valid")
+        log = dict(on_step=True, on_epoch=False, batch_size=int(stats["n_masked"].clamp(min=1)))
+        self.log("train/loss", loss, prog_bar=True, **log)
+        for name, value in stats.items():
+            self.log(f"train/{name}", value.float(), **log)
+        if "padding_ratio" in batch:
+            self.log("train/padding_ratio", float(torch.as_tensor(batch["padding_ratio"]).float().mean()), **log)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], **log)
+        if self._step_start is not None:
+            elapsed = time.perf_counter() - self._step_start
+            self.log("train/tokens_per_s", n_valid.float() * self.trainer.world_size / max(elapsed, 1e-9), prog_bar=True, **log)
+        return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # Same corruption on every evaluation: fork the RNG and seed it per batch.
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.hparams.val_seed + batch_idx)
+            loss, stats = self.model_step(batch)
+        stats.pop("n_valid")
+        n = int(stats["n_masked"].clamp(min=1))
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
+        for name, value in stats.items():
+            if name != "n_masked":
+                self.log(f"val/{name}", value.float(), sync_dist=True, batch_size=n)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking and "val/loss" in self.trainer.callback_metrics:
+            self.val_history.append(float(self.trainer.callback_metrics["val/loss"]))
+
+    # ---- tokens ------------------------------------------------------------------------------
+    def semantic_tokens(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens (b, t), mask (b, t)) from the batch, tokenizing raw 16 kHz audio if needed."""
+        if "sem" in batch:
+            return batch["sem"].long(), batch["sem_mask"].float()
+        if self.tokenizer is None or "wav16" not in batch:
+            raise KeyError(f"batch has no 'sem' tokens and no tokenizer/raw 'wav16' audio to make them (keys: {sorted(batch)})")
+        wavs = [w[:n] for w, n in zip(batch["wav16"], batch["wav16_lens"].tolist())]
+        with torch.no_grad():
+            codes = self.tokenizer.encode(wavs)
+        lens = torch.tensor([len(c) for c in codes], device=self.device)
+        tokens = nn.utils.rnn.pad_sequence([c.to(self.device) for c in codes], batch_first=True)
+        mask = (torch.arange(tokens.shape[1], device=self.device)[None] < lens[:, None]).float()
+        return tokens.long(), mask
+
+    # ---- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.net.named_parameters():
+            if not p.requires_grad:
+                continue
+            is_embedding = any(part.endswith("emb") for part in name.split("."))
+            wants_decay = p.dim() >= 2 and (not is_embedding or self.hparams.weight_decay_embeddings)
+            (decay if wants_decay else no_decay).append(p)
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = self.optimizer_factory(params=[g for g in groups if g["params"]])
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # ---- resumable randomness ------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_state"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # numpy's state as plain values + a tensor, so the checkpoint loads with weights_only=True
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("rng_state")
+        if state is None:
+            return
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        np.random.set_state(_numpy_state_from_plain(state["numpy"]))
+        random.setstate(state["python"])
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        if rank > 0:  # one saved state for all ranks: derive distinct, reproducible streams
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,))) + rank)
+
+
+def _numpy_state_to_plain(state: tuple) -> tuple:
+    kind, keys, pos, has_gauss, cached = state
+    return kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)
+
+
+def _numpy_state_from_plain(state: tuple) -> tuple:
+    kind, keys, pos, has_gauss, cached = state
+    return kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached
+
+
+class Stage1PretrainModule(MaskedGenerativeModule):
+    """Metis stage-1 pre-training on SSL tokens with no condition (ARCHITECTURE.md §2.3)."""
+
+    def model_step(self, batch: dict):
+        tokens, mask = self.semantic_tokens(batch)
+        out = self.net(tokens, mask)
+        loss, stats = masked_token_loss(out.logits, tokens, out.final_mask)
+        stats["mask_ratio"] = out.mask_prob.float().mean()
+        stats["n_valid"] = mask.sum()
+        return loss, stats
+
+
+class S2APretrainModule(MaskedGenerativeModule):
+    """MaskGCT S2A pre-training: acoustic tokens of one sampled layer, conditioned on SSL tokens (§3.3).
+
+    Semantic and acoustic streams differ by about one frame (Q10); both are cut to their common length.
+    Accuracy is also logged per trained layer (`train/acc_top1_layer{L}`).
+    """
+
+    def model_step(self, batch: dict):
+        sem, sem_mask = self.semantic_tokens(batch)
+        ac, ac_mask = batch["ac"].long(), batch["ac_mask"].float()
+        n = min(sem.shape[1], ac.shape[1])
+        nq = self.net.num_quantizer
+        x0, cond = ac[:, :n, :nq], sem[:, :n]
+        mask = ac_mask[:, :n] * sem_mask[:, :n]
+        out = self.net(x0, mask, cond)
+        layer = int(out.mask_layer.reshape(-1)[0])
+        loss, stats = masked_token_loss(out.logits, x0[..., layer], out.final_mask)
+        stats[f"acc_top1_layer{layer}"] = stats["acc_top1"]
+        stats["n_valid"] = mask.sum()
+        return loss, stats

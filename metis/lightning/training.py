@@ -1,0 +1,101 @@
+"""The pre-training recipe: instantiate data, module, callbacks, loggers and trainer from a Hydra config,
+fit (fresh or resumed), and report where the checkpoint and the exported weights are.
+
+`train.py` wraps `train(cfg)` with `@hydra.main`; tests call `train(cfg)` on a composed config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, OmegaConf
+
+from metis.lightning.callbacks import ExportSafetensors
+
+
+def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: Path) -> str | None:
+    """`null`: fresh run (refuses to mix with an existing run's checkpoints); `last`: resume, which must
+    exist; `auto`: resume when `last.ckpt` exists, else fresh; anything else: a checkpoint file."""
+    last = checkpoint_dir / "last.ckpt"
+    if ckpt_path in (None, "null", "none"):
+        if last.exists():
+            raise FileExistsError(
+                f"{checkpoint_dir} already holds a run's checkpoints: resume it with ckpt_path=last, "
+                f"or start elsewhere with run_name=<new name>")
+        return None
+    if ckpt_path == "auto":
+        return str(last) if last.exists() else None
+    if ckpt_path == "last":
+        if not last.exists():
+            raise FileNotFoundError(f"ckpt_path=last but there is no {last}: nothing to resume (start with ckpt_path=null)")
+        return str(last)
+    if not Path(ckpt_path).exists():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
+    return ckpt_path
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Instantiate every entry of a dict-of-configs group (callbacks, loggers), skipping nulls."""
+    if not group:
+        return []
+    out = []
+    for name, node in group.items():
+        if node is not None and "_target_" in node:
+            rank_zero_info(f"instantiating {name}: <{node._target_}>")
+            out.append(instantiate(node))
+    return out
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit the configured module; returns the final metrics and the run's paths."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    rank_zero_info(f"instantiating data <{cfg.data._target_}>")
+    datamodule = instantiate(cfg.data)
+    rank_zero_info(f"instantiating model <{cfg.model._target_}> with net <{cfg.model.net._target_}>")
+    module = instantiate(cfg.model)
+    n_params = sum(p.numel() for p in module.net.parameters())
+    rank_zero_info(f"net parameters: {n_params / 1e6:.2f}M")
+
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    for cb in callbacks:
+        if isinstance(cb, ExportSafetensors) and cb.model_config is None:
+            cb.model_config = OmegaConf.to_container(cfg.model.net, resolve=True)
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_dir)
+    if ckpt_path:
+        rank_zero_info(f"resuming from {ckpt_path}")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    export = next((cb.last_path for cb in callbacks if isinstance(cb, ExportSafetensors)), None)
+    result = {
+        "metrics": metrics,
+        "global_step": trainer.global_step,
+        "checkpoint_dir": str(checkpoint_dir),
+        "last_checkpoint": str(checkpoint_dir / "last.ckpt") if (checkpoint_dir / "last.ckpt").exists() else None,
+        "exported": str(export) if export else None,
+        "val_history": list(module.val_history),
+    }
+    if trainer.is_global_zero:
+        print_summary(result)
+    return result
+
+
+def print_summary(result: dict) -> None:
+    lines = [f"finished at step {result['global_step']}"]
+    if result["val_history"]:
+        h = result["val_history"]
+        lines.append(f"validation loss: first {h[0]:.4f} -> last {h[-1]:.4f} ({len(h)} evaluations)")
+    if result["last_checkpoint"]:
+        lines.append(f"checkpoint (resume with ckpt_path=last): {result['last_checkpoint']}")
+    if result["exported"]:
+        lines.append(f"exported weights (published layout):   {result['exported']}")
+    print("\n".join(lines), flush=True)
