@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--n-prompts", type=int, default=None)
     d.add_argument("--n-synth", type=int, default=400)
     d.add_argument("--clusters", type=int, default=512)
-    d.add_argument("--max-fit-frames", type=int, default=80_000)
+    d.add_argument("--max-fit-frames", type=int, default=50_000)
     d.add_argument("--seed", type=int, default=0)
 
     args = p.parse_args(argv)
@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         from metis.data.specs import load_tokenizer
         from metis.data.stats import compute_stats
 
-        ext = load_tokenizer(args.features, args.device)
+        ext = load_tokenizer(args.features, args.device, require=("sample_rate",))
+        if not hasattr(ext, "raw_features") and not hasattr(ext, "features"):
+            p.error(f"--features {args.features!r}: the object has neither raw_features nor features")
         _summary("stats", compute_stats(args.shards, ext, args.out, max_hours=args.max_hours,
                                         batch_seconds=args.batch_seconds))
     elif args.cmd == "demo":

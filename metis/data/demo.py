@@ -53,7 +53,7 @@ class DemoConfig:
     max_dur: float = 20.0
     shard_samples: int = 200
     n_clusters: int = 512
-    max_fit_frames: int = 80_000
+    max_fit_frames: int = 50_000
     seed: int = 0
     workers: int = 2  # parallel espeak-ng processes
 
@@ -167,7 +167,7 @@ def build_raw(cfg: DemoConfig, progress: bool = True) -> Path:
     wavs = decode_asterisk(names, raw, cfg.sample_rate)
     for n, p in wavs.items():
         rows.append({"path": p.name, "id": p.stem, "text": texts[n], "speaker": "asterisk-prompts",
-                     "language": "en", "origin": "asterisk"})
+                     "language": "en", "origin": "asterisk", "prompt": n})
     if cfg.n_synth:
         if shutil.which("espeak-ng") is None:
             raise FileNotFoundError("espeak-ng not found on PATH (needed for the synthetic speakers)")
@@ -182,9 +182,9 @@ def build_raw(cfg: DemoConfig, progress: bool = True) -> Path:
                        for text, voice, dst, speed, pitch in jobs]
             for f in tqdm(futures, desc="espeak-ng", unit="utt", disable=not progress):
                 f.result()
-        for text, voice, dst, _, _ in jobs:
+        for text, voice, dst, speed, pitch in jobs:
             rows.append({"path": dst.name, "id": dst.stem, "text": text, "speaker": f"espeak-{voice}",
-                         "language": "en", "origin": "espeak-ng"})
+                         "language": "en", "origin": "espeak-ng", "voice": voice, "speed": speed, "pitch": pitch})
     for r in rows:
         r["split"] = "val" if rng.random() < cfg.val_fraction else "train"
     if not any(r["split"] == "val" for r in rows):

@@ -4,6 +4,7 @@
     semantic                            w2v-BERT 2.0 + RepCodec (metis.tokenizers.semantic.SemanticTokenizer)
     semantic:{"device": "cuda"}         ... with constructor keyword arguments (JSON object)
     acoustic                            the 24 kHz acoustic codec (metis.tokenizers.acoustic.AcousticTokenizer)
+    w2v-bert                            w2v-BERT 2.0 layer-17 features only (for `stats`)
     pkg.module:Factory[:ARG]            any callable returning a SpeechTokenizer
 
 ARG is a JSON object (keyword arguments) or a plain string (one positional argument, e.g. a path).
@@ -20,6 +21,7 @@ ALIASES = {
     "kmeans": "metis.tokenizers.kmeans:KMeansTokenizer.load",
     "semantic": "metis.tokenizers.semantic:SemanticTokenizer",
     "acoustic": "metis.tokenizers.acoustic:AcousticTokenizer",
+    "w2v-bert": "metis.tokenizers.semantic:W2vBertFeatureExtractor",  # features only (for `stats`)
 }
 
 
@@ -52,15 +54,17 @@ def parse_spec(spec: str) -> tuple[str, list, dict]:
     return target, [arg], {}
 
 
-def load_tokenizer(spec: str, device: str | None = None):
-    """Build the tokenizer a spec names; moved to `device` when it has a `.to` method."""
+def load_tokenizer(spec: str, device: str | None = None,
+                   require: tuple[str, ...] = ("sample_rate", "frame_rate", "identity", "encode")):
+    """Build the tokenizer (or feature extractor) a spec names, check it has the `require`d
+    attributes, and move it to `device` when it has a `.to` method."""
     target, args, kwargs = parse_spec(spec)
     try:
         factory = _resolve(target)
     except (ImportError, AttributeError) as exn:
         raise ValueError(f"tokenizer spec {spec!r}: cannot import {target} ({exn})") from None
     tok = factory(*args, **kwargs)
-    for attr in ("sample_rate", "frame_rate", "identity", "encode"):
+    for attr in require:
         if not hasattr(tok, attr):
             raise TypeError(f"tokenizer spec {spec!r} built {type(tok).__name__}, which lacks `{attr}`")
     if device is not None and hasattr(tok, "to"):

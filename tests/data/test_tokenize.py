@@ -96,3 +96,19 @@ def test_tokenize_with_acoustic_and_no_audio(tmp_path, kmeans):
                           tokenizer_identity=kmeans.identity(), acoustic_identity=FakeAcoustic().identity(), max_dur=10)
     b = next(iter(loader))
     assert b["ac"].shape[-1] == 12 and abs(b["ac"].shape[1] - b["sem"].shape[1]) <= 1
+
+
+def test_cli_tokenize_and_stats(tmp_path, kmeans, capsys):
+    from safetensors.torch import load_file
+
+    from metis.data.__main__ import main
+
+    shards = write_corpus(tmp_path / "raw", 2, 2, sem=False, identity=None)
+    kmeans.save(tmp_path / "tk")
+    spec = f"kmeans:{tmp_path / 'tk'}"
+    assert main(["tokenize", str(tmp_path / "raw"), str(tmp_path / "tok"), "--tokenizer", spec]) == 0
+    assert main(["tokenize", str(tmp_path / "raw"), str(tmp_path / "tok"), "--tokenizer", spec]) == 0
+    out = capsys.readouterr().out
+    assert "tokenized: 2" in out and "already_done: 2" in out
+    assert main(["stats", str(tmp_path / "raw"), str(tmp_path / "st.safetensors"), "--features", spec]) == 0
+    assert load_file(str(tmp_path / "st.safetensors"))["mean"].shape == (160,)
