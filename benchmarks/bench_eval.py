@@ -10,6 +10,7 @@ call of each metric (model loading, JIT) is timed separately as "load".
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +47,21 @@ def utterances(total_s: float, utt_s: float, sr: int = 24000) -> tuple[list[np.n
     return out, out_texts, source
 
 
+def random_nisqa(path: Path) -> Path:
+    """A NISQA checkpoint with random weights and NISQA v2.0's published hyper-parameters: same compute
+    as the real model, for timing only (its scores mean nothing)."""
+    from torchmetrics.functional.audio.nisqa import _NISQADIM
+
+    args = {"ms_n_fft": 4096, "ms_hop_length": 0.01, "ms_win_length": 0.02, "ms_n_mels": 48, "ms_fmax": 20000,
+            "ms_seg_length": 15, "ms_seg_hop_length": 4, "ms_max_segments": 1300, "cnn_c_out_1": 16,
+            "cnn_c_out_2": 32, "cnn_c_out_3": 64, "cnn_kernel_size": [3, 3], "cnn_dropout": 0.2,
+            "cnn_pool_1": [24, 7], "cnn_pool_2": [12, 5], "cnn_pool_3": [6, 3], "td_sa_d_model": 64,
+            "td_sa_nhead": 1, "td_sa_h": 64, "td_sa_num_layers": 2, "td_sa_dropout": 0.1, "pool_att_h": 128,
+            "pool_att_dropout": 0.1}
+    torch.save({"args": args, "model_state_dict": _NISQADIM(args).state_dict()}, path)
+    return path
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--metrics", default="pesq,stoi,sisdr,dnsmos,distillmos,sim,wer,nisqa,utmos",
@@ -65,6 +81,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     noisy = [(w + 0.05 * rng.standard_normal(len(w))).astype(np.float32) for w in wavs]
     prompt = Audio(wavs[-1][: 3 * sr], sr)
+    if not a.nisqa_checkpoint and "nisqa" in a.metrics:
+        a.nisqa_checkpoint = str(random_nisqa(Path(tempfile.mkdtemp()) / "nisqa_random.tar"))
+        print("nisqa: timing a random-weight model of NISQA v2.0's shape (no nisqa.tar given)")
     metrics, notes = build_metrics([m.strip() for m in a.metrics.split(",") if m.strip()], MetricOptions(
         whisper_model=a.whisper_model, wavlm_model=a.wavlm_model, nisqa_checkpoint=a.nisqa_checkpoint,
         utmos_checkpoint=a.utmos_checkpoint, threads=a.threads))
@@ -80,7 +99,7 @@ def main() -> None:
         m.score(noisy[0], sr, **kw)  # warm-up: loads the model
         load = time.perf_counter() - t
         t = time.perf_counter()
-        for w, x, txt in zip(wavs, noisy, texts):
+        for w, x, txt in zip(wavs, noisy, texts, strict=True):
             m.score(x, sr, reference=Audio(w, sr), prompt=prompt, text=txt)
         spent = time.perf_counter() - t
         print(f"{m.name:<18}{load:>8.2f}{60 * spent / total_s:>16.2f}{total_s / spent:>12.1f}")

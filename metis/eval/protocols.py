@@ -14,9 +14,9 @@ Layouts read (the user points at their own copy):
   ``clean_fileid_N.wav``) and ``real_recordings/*.wav``; outputs under ``gen_dir`` with the same path
   relative to the test-set root, or flat by file name.
 - Libri2Mix test: ``<root>/metadata/mixture_test_<mix>.csv`` (``mixture_ID,mixture_path,source_1_path,
-  source_2_path,...``) with paths relative to the dataset root or absolute (re-rooted when absent); the target is source 1 unless an
-  enrollment file (TSV ``mixture_ID<TAB>s1|s2<TAB>enrollment.wav``) says otherwise; transcripts come from a
-  LibriSpeech test-clean copy (``*.trans.txt``) when given.
+  source_2_path,...``) with paths relative to the dataset root or absolute (re-rooted when absent); the
+  target is source 1 unless an enrollment file (TSV ``mixture_ID<TAB>s1|s2<TAB>enrollment.wav``) says
+  otherwise; transcripts come from a LibriSpeech test-clean copy (``*.trans.txt``) when given.
 """
 from __future__ import annotations
 

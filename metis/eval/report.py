@@ -141,7 +141,7 @@ def plot(rows: list[dict], out_dir: Path, *, task: str) -> list[Path]:
         cols = min(3, len(keys))
         nrows = math.ceil(len(keys) / cols)
         fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
-        for ax, k in zip(axes.flat, keys):
+        for ax, k in zip(axes.flat, keys, strict=False):
             v = [r[k] for r in rows if isinstance(r.get(k), float) and not math.isnan(r[k])]
             ax.hist(v, bins=min(30, max(5, len(v))), color="tab:blue", alpha=0.8)
             ax.set_title(f"{k} (mean {np.mean(v):.3f}, n={len(v)})" if v else k, fontsize=9)
@@ -159,7 +159,7 @@ def plot(rows: list[dict], out_dir: Path, *, task: str) -> list[Path]:
         fig, axes = plt.subplots(nrows, cols, figsize=(2.6 * cols, 3.0 * nrows), squeeze=False)
         for ax in list(axes.flat)[len(pairs):]:
             ax.axis("off")
-        for ax, k in zip(axes.flat, pairs):
+        for ax, k in zip(axes.flat, pairs, strict=False):
             before = _mean([r.get(f"input_{k}", float("nan")) for r in rows])
             after = _mean([r.get(k, float("nan")) for r in rows])
             ax.bar(["input", "output"], [before, after], color=["tab:gray", "tab:green"])

@@ -94,7 +94,7 @@ class NISQA(Metric):
         spec = _get_librosa_melspec(x, int(sr), args)
         segs, n_wins = _segment_specs(torch.from_numpy(spec), args)
         out = model(segs.to(self.device), n_wins.expand(segs.shape[0]).to(self.device))[0]
-        return {k: float(v) for k, v in zip(self.KEYS, out)}
+        return {k: float(v) for k, v in zip(self.KEYS, out, strict=True)}
 
 
 class UTMOS(Metric):
