@@ -61,6 +61,10 @@ class MaskedGenerativeModule(L.LightningModule):
         if "padding_ratio" in batch:
             self.log("train/padding_ratio", float(torch.as_tensor(batch["padding_ratio"]).float().mean()), **log)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], **log)
+        skips = getattr(self.trainer.train_dataloader, "skips", None)  # metis.data loaders count dropped samples
+        if skips is not None:
+            for reason, count in skips.totals.items():
+                self.log(f"data/skipped_{reason}", float(count), **log)
         if self._step_start is not None:
             elapsed = time.perf_counter() - self._step_start
             self.log("train/tokens_per_s", n_valid.float() * self.trainer.world_size / max(elapsed, 1e-9), prog_bar=True, **log)

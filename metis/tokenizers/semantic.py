@@ -27,6 +27,8 @@ W2V_BERT_ID = "facebook/w2v-bert-2.0"
 MASKGCT_REPO = "amphion/MaskGCT"
 REPCODEC_FILE = "semantic_codec/model.safetensors"
 MIN_SAMPLES_16K = 400  # one 25 ms fbank window
+# The released normalisation stats (Amphion's wav2vec2bert_stats.pt as safetensors; MIT), shipped with the package.
+DEFAULT_STATS = Path(__file__).with_name("wav2vec2bert_stats.safetensors")
 
 
 def semantic_num_frames(n16: int) -> int:
@@ -175,7 +177,8 @@ class SemanticTokenizer:
 
     Args:
         w2v_bert: hub id or local folder of w2v-BERT 2.0 (`from_pretrained`).
-        stats: the w2v-BERT normalisation stats file (None: only `raw_features` work).
+        stats: the w2v-BERT normalisation stats file; default: the released stats shipped with the
+            package; None: only `raw_features` work.
         codec: RepCodec weights: the file itself, a folder laid out like amphion/MaskGCT
             (`semantic_codec/model.safetensors` inside), or a Hub repo id.
         layer: w2v-BERT hidden_states index.
@@ -190,7 +193,7 @@ class SemanticTokenizer:
     def __init__(
         self,
         w2v_bert: str | Path = W2V_BERT_ID,
-        stats: str | Path | None = None,
+        stats: str | Path | None = DEFAULT_STATS,
         codec: str | Path = MASKGCT_REPO,
         *,
         layer: int = 17,

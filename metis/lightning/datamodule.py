@@ -1,0 +1,78 @@
+"""LightningDataModule over WebDataset shards (`metis.data.build_loader`), with the offline demo
+corpus built on demand.
+
+Training streams are endless and resampled (no rank runs dry); validation is finite and deterministic.
+Batches are token-budgeted (`max_tokens` frames per device, padding included) inside the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+
+from metis.data.loader import build_loader
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Token (or audio) shards for pre-training.
+
+    Args:
+        train_shards, val_shards: shard patterns (brace/glob/folder/URL); for the demo they are
+            taken from the built corpus when left empty.
+        codebook_size: size of the token vocabulary the shards hold (sizes the model's embedding).
+        max_tokens: frames per batch per device, padding included (the paper: ~10K).
+        fields: what batches carry: "sem", "ac", "vis", "wav16", "wav24".
+        tokenizer_identity: the identity of the tokenizer that must have made the shards; samples
+            from another tokenizer are skipped and counted. For the demo it is read from the corpus.
+        demo: settings of `metis.data.demo.DemoConfig`; when given, `prepare_data` builds the demo
+            corpus if it is missing (on one process per node).
+    """
+
+    def __init__(self, train_shards: str | Sequence[str] | None = None, val_shards: str | Sequence[str] | None = None,
+                 codebook_size: int = 8192, max_tokens: int = 10_000, val_max_tokens: int | None = None,
+                 fields: Sequence[str] = ("sem",), num_workers: int = 2, val_num_workers: int = 0, seed: int = 0,
+                 min_dur: float = 0.5, max_dur: float = 30.0, shuffle_buffer: int = 500,
+                 max_batch_size: int | None = None, tokenizer_identity: dict | None = None,
+                 demo: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.train_shards, self.val_shards = train_shards, val_shards
+        self.tokenizer_identity = dict(tokenizer_identity) if tokenizer_identity else None
+
+    def prepare_data(self) -> None:
+        if self.hparams.demo is not None:
+            from metis.data.demo import DemoConfig, build_demo
+
+            summary = build_demo(DemoConfig(**self.hparams.demo))
+            print(f"demo corpus: {summary['hours']:.2f} h, {summary['samples']} samples, "
+                  f"{summary['speakers']} speakers in {summary['out_dir']}", flush=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.hparams.demo is not None:
+            summary = json.loads((Path(self.hparams.demo["out_dir"]) / "demo.json").read_text())
+            self.train_shards = self.train_shards or summary["train_shards"]
+            self.val_shards = self.val_shards or summary["val_shards"]
+            self.tokenizer_identity = self.tokenizer_identity or summary["tokenizer_identity"]
+        if not self.train_shards:
+            raise ValueError("data.train_shards is empty: point it at your shards, e.g. data.train_shards='/data/emilia/{000000..000999}.tar'")
+
+    def _loader(self, shards, mode: str):
+        h = self.hparams
+        trainer = self._trainer
+        return build_loader(
+            shards, mode=mode, max_tokens=h.max_tokens if mode == "train" else (h.val_max_tokens or h.max_tokens),
+            fields=tuple(h.fields), num_workers=h.num_workers if mode == "train" else h.val_num_workers,
+            seed=h.seed, tokenizer_identity=self.tokenizer_identity, min_dur=h.min_dur, max_dur=h.max_dur,
+            shuffle_buffer=h.shuffle_buffer, max_batch_size=h.max_batch_size,
+            rank=trainer.global_rank if trainer else None, world_size=trainer.world_size if trainer else None)
+
+    def train_dataloader(self):
+        return self._loader(self.train_shards, "train")
+
+    def val_dataloader(self):
+        if not self.val_shards:
+            return []
+        return self._loader(self.val_shards, "val")
