@@ -238,6 +238,8 @@ class MetisStage1(nn.Module):
             ids (b, target_len); the caller concatenates them after the prompt.
         """
         b, tp = prompt.shape
+        if target_len < 1:
+            raise ValueError(f"target_len must be at least 1, got {target_len}")
         device = self.cond_emb.weight.device
         prompt = prompt.to(device)
         prompt_emb = self.cond_emb(prompt)  # (b, tp, d)
