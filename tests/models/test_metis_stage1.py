@@ -1,7 +1,9 @@
 """MetisStage1 behaviour on tiny configs: training corruption, padding, phones, adapters,
 gradient checkpointing and reverse diffusion (ARCHITECTURE.md §2)."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -266,3 +268,23 @@ def test_preschedule_mask_indices():
         expected = torch.zeros(2, 10, dtype=torch.bool)
         expected[:, order[:n_next]] = True
         assert torch.equal(mask, expected), i
+
+
+LAYOUTS = Path(__file__).resolve().parents[1] / "fixtures" / "layouts"
+
+
+@pytest.mark.parametrize("layout, kwargs", [
+    ("metis_stage1_base__metis_base_model_safetensors", {}),
+    ("maskgct_t2s__tts_json", dict(use_phone_cond=True)),
+    ("ckpt_full_se__ft", dict(ft_type="se")),
+    ("ckpt_full_vc__ft", dict(ft_type="vc")),
+    ("ckpt_full_l2s__l2s", dict(ft_type="l2s", cond_dim=768)),
+    ("ckpt_full_omni__omni", dict(ft_type="omni", use_phone_cond=True)),
+    ("metis_stage1_plain_l2s__base_path_SimpleAdapter", dict(ft_type="l2s", cond_dim=768, use_zero_gate_adapter=True)),
+])
+def test_published_layouts(layout, kwargs):
+    """The full-size model's state_dict has exactly the released files' keys and shapes."""
+    expected = {k: v[0] for k, v in json.loads((LAYOUTS / f"{layout}.json").read_text())["tensors"].items()}
+    with torch.device("meta"):
+        model = MetisStage1(**kwargs)
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == expected
