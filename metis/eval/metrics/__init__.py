@@ -72,7 +72,7 @@ def build_metrics(names: list[str], options: MetricOptions | None = None) -> tup
             if name == "sim_resemblyzer":
                 notes.append("SIM uses the resemblyzer offline fallback (column sim_resemblyzer), not the "
                              "papers' WavLM-TDNN: its values are not comparable with published SIM; pass "
-                             "--wavlm-model DIR for WavLM SIM")
+                             "--wavlm-model PATH (UniSpeech wavlm_large_finetune.pth) for the papers' SIM")
         m = _make(name, o)
         try:
             m.check()

@@ -1,8 +1,8 @@
 """Speaker similarity (SIM): cosine similarity of speaker embeddings of the generated audio and the prompt.
 
-- ``WavLMSim``: a WavLM x-vector speaker-verification model from a user-supplied Hugging Face folder
-  (``WavLMForXVector``, e.g. a local copy of a WavLM-base-plus-sv model). The papers' SIM-O uses the
-  UniSpeech WavLM-large + ECAPA-TDNN checkpoint; convert it to such a folder to reproduce the numbers.
+- ``WavLMSim``: WavLM speaker verification from a user-supplied path: either the UniSpeech WavLM-large +
+  ECAPA-TDNN checkpoint file (``wavlm_large_finetune.pth``, the papers' SIM-O; see ``wavlm_tdnn``) or a
+  Hugging Face ``WavLMForXVector`` folder (e.g. a local WavLM-base-plus-sv copy; another scale).
 - ``ResemblyzerSim``: the offline fallback with the GE2E weights shipped in ``resemblyzer``. Its scale differs
   from WavLM-TDNN (same-speaker scores run high, around 0.8-0.9), so reports name it ``sim_resemblyzer``.
 """
@@ -63,34 +63,47 @@ class WavLMSim(_EmbeddingSim):
 
     def check(self) -> None:
         if not self.model_dir:
-            raise MetricUnavailable("WavLM SIM needs a local model folder: pass --wavlm-model DIR")
+            raise MetricUnavailable("WavLM SIM needs a local model: pass --wavlm-model PATH (UniSpeech "
+                                    "wavlm_large_finetune.pth or a WavLMForXVector folder)")
         p = Path(self.model_dir).expanduser()
         if p.is_file():
-            raise MetricUnavailable(
-                f"--wavlm-model {p} is a file; a Hugging Face WavLMForXVector folder (config.json + weights) is needed"
-            )
+            self.description = f"SIM: UniSpeech WavLM + ECAPA-TDNN ({p.name}), the papers' SIM-O model"
+            return
+        if not p.exists():
+            raise MetricUnavailable(f"--wavlm-model {p} does not exist")
         if not (p / "config.json").is_file():
-            raise MetricUnavailable(f"--wavlm-model {p} has no config.json (expected a WavLMForXVector folder)")
+            raise MetricUnavailable(f"--wavlm-model {p} has no config.json (expected a WavLMForXVector folder "
+                                    "or a UniSpeech .pth file)")
 
     def _load(self):
         if self._model is None:
             self.check()
+            p = Path(self.model_dir).expanduser()
+            if p.is_file():
+                from metis.eval.metrics.wavlm_tdnn import WavLMTDNN
+
+                try:
+                    self._model = ("tdnn", WavLMTDNN.from_unispeech(p).to(self.device), False)
+                except (ValueError, KeyError) as e:
+                    raise MetricUnavailable(str(e)) from e
+                return self._model
             from transformers import WavLMForXVector
 
-            p = Path(self.model_dir).expanduser()
             model = WavLMForXVector.from_pretrained(str(p))
             norm = True
             if (p / "preprocessor_config.json").is_file():
                 import json
 
                 norm = bool(json.loads((p / "preprocessor_config.json").read_text()).get("do_normalize", True))
-            self._model = (model.eval().to(self.device), norm)
+            self._model = ("xvector", model.eval().to(self.device), norm)
         return self._model
 
     @torch.inference_mode()
     def _embed(self, wav, sr):
-        model, normalize = self._load()
+        kind, model, normalize = self._load()
         x = resample(wav, sr, 16000)
+        if kind == "tdnn":  # normalises the waveform itself
+            return model(torch.from_numpy(x)[None].to(self.device))[0].float().cpu().numpy()
         if normalize:  # zero mean, unit variance, as Wav2Vec2FeatureExtractor(do_normalize=True)
             x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
         out = model(torch.from_numpy(x)[None].to(self.device))
