@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
+import psutil  # noqa: I001  (installed with lightning)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -51,35 +51,39 @@ def make_corpus(root: Path, n_shards: int, per_shard: int, seed: int = 0) -> str
     return str(root)
 
 
-def rss_mb(proc: psutil.Process) -> float:
-    total = proc.memory_info().rss
-    for c in proc.children(recursive=True):
+def pss_mb(proc: psutil.Process) -> float:
+    """Proportional set size of the process and its workers (shared pages counted once overall)."""
+    total = 0
+    for p in [proc] + proc.children(recursive=True):
         try:
-            total += c.memory_info().rss
-        except psutil.NoSuchProcess:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return total / 2**20
 
 
-def throughput(shards: str, fields, workers: int, max_tokens: int, label: str) -> None:
-    loader = build_loader(shards, mode="val", fields=fields, max_tokens=max_tokens, num_workers=workers, max_dur=20,
-                          min_dur=0.3)
+def throughput(shards: str, fields, workers: int, max_tokens: int, seconds: float, label: str) -> None:
+    """Steady-state rate of the endless training stream, timed after the first batch."""
+    loader = build_loader(shards, mode="train", fields=fields, max_tokens=max_tokens, num_workers=workers,
+                          max_dur=20, min_dur=0.3, seed=0)
+    t_start = time.perf_counter()
+    it = iter(loader)
+    next(it)
+    first = time.perf_counter() - t_start
     t0 = time.perf_counter()
     n = frames = batches = 0
     secs = pad = 0.0
-    first = None
-    for b in loader:
-        if first is None:
-            first = time.perf_counter() - t0
+    for b in it:
         n += len(b["id"])
         frames += b["n_frames"]
         secs += float(b["duration"].sum())
         pad += b["padding_ratio"]
         batches += 1
+        if time.perf_counter() - t0 > seconds:
+            break
     dt = time.perf_counter() - t0
-    print(f"{label:<34} {n / dt:8.1f} samples/s {frames / dt:10.0f} tokens/s {secs / dt:8.0f} h/h "
-          f"({n} samples, {secs / 3600:.2f} h, {batches} batches, pad {pad / max(batches, 1):.1%}, "
-          f"first batch {first:.2f}s, total {dt:.1f}s)")
+    print(f"{label:<30} {n / dt:7.1f} samples/s {frames / dt:9.0f} tokens/s {secs / dt:7.0f} h audio/h "
+          f"{batches / dt:6.2f} batches/s (pad {pad / max(batches, 1):.1%}, first batch {first:.2f}s)")
 
 
 def memory(shards: str, fields, workers: int, max_tokens: int, seconds: float, label: str) -> None:
@@ -92,15 +96,17 @@ def memory(shards: str, fields, workers: int, max_tokens: int, seconds: float, l
         n += len(b["id"])
         el = time.perf_counter() - t0
         if el >= nxt:
-            marks.append((el, n, rss_mb(proc)))
-            nxt += seconds / 10
+            marks.append((el, pss_mb(proc)))
+            nxt += seconds / 12
         if el > seconds:
             break
-    print(f"{label}: RSS (main + {workers} workers) over {seconds:.0f}s endless stream, {n} samples:")
-    print("   " + "  ".join(f"{t:5.0f}s:{m:6.0f}MB" for t, _, m in marks))
-    half = [m for t, _, m in marks if t >= seconds / 2]
-    print(f"   first half max {max(m for t, _, m in marks if t < seconds / 2):.0f} MB, "
-          f"second half max {max(half):.0f} MB, growth {max(half) - marks[1][2]:+.0f} MB after warm-up")
+    print(f"{label}: PSS (main + {workers} workers) over a {seconds:.0f}s endless stream ({n} samples, "
+          f"{n / (el or 1):.0f}/s):")
+    print("   " + "  ".join(f"{t:4.0f}s:{m:5.0f}MB" for t, m in marks))
+    mid = [m for t, m in marks if seconds / 3 <= t < 2 * seconds / 3]
+    end = [m for t, m in marks if t >= 2 * seconds / 3]
+    print(f"   max over the middle third {max(mid):.0f} MB, over the last third {max(end):.0f} MB "
+          f"(growth {max(end) - max(mid):+.0f} MB)")
 
 
 def main() -> None:
@@ -110,7 +116,8 @@ def main() -> None:
     p.add_argument("--per-shard", type=int, default=80)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=10_000)
-    p.add_argument("--memory-seconds", type=float, default=60.0)
+    p.add_argument("--seconds", type=float, default=15.0, help="timing window per throughput case")
+    p.add_argument("--memory-seconds", type=float, default=90.0)
     args = p.parse_args()
     print(f"torch threads={__import__('torch').get_num_threads()}, cpus={os.cpu_count()}, "
           f"load avg {os.getloadavg()[0]:.1f}")
@@ -121,9 +128,9 @@ def main() -> None:
             shards = make_corpus(Path(tmp), args.n_shards, args.per_shard)
             print(f"generated {args.n_shards}×{args.per_shard} samples in {time.perf_counter() - t:.1f}s")
         w, mt = args.workers, args.max_tokens
-        throughput(shards, ("sem",), w, mt, "token shards (sem)")
-        throughput(shards, ("wav16",), w, mt, "raw audio -> wav16")
-        throughput(shards, ("sem", "wav16", "wav24"), w, mt, "raw audio -> sem+wav16+wav24")
+        throughput(shards, ("sem",), w, mt, args.seconds, "token shards (sem)")
+        throughput(shards, ("wav16",), w, mt, args.seconds, "raw audio -> wav16")
+        throughput(shards, ("sem", "wav16", "wav24"), w, mt, args.seconds, "raw audio -> sem+wav16+wav24")
         memory(shards, ("sem",), w, mt, args.memory_seconds, "token shards")
         memory(shards, ("sem", "wav16", "wav24"), w, mt, args.memory_seconds, "raw audio")
 

@@ -219,7 +219,8 @@ def build_demo(cfg: DemoConfig | None = None, progress: bool = True, log=print) 
     done = root / "demo.json"
     if done.exists():
         summary = json.loads(done.read_text())
-        if summary.get("config") == _jsonable(cfg):
+        stored = {k: v for k, v in summary.get("config", {}).items() if k not in ("out_dir", "workers")}
+        if stored == _jsonable(cfg):
             summary["already_done"] = True
             return summary
         raise RuntimeError(f"{done} was built with another configuration {summary.get('config')}; "
@@ -269,7 +270,9 @@ def build_demo(cfg: DemoConfig | None = None, progress: bool = True, log=print) 
 
 
 def _jsonable(cfg: DemoConfig) -> dict:
-    """The settings that determine the corpus (`workers` only changes speed)."""
+    """The settings that determine the corpus (`workers` only changes speed; `out_dir` may be
+    spelled relative or absolute)."""
     d = json.loads(json.dumps(asdict(cfg)))
     d.pop("workers")
+    d.pop("out_dir")
     return d

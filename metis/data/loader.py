@@ -311,7 +311,7 @@ def build_loader(shards: str | Sequence[str], *, mode: Literal["train", "val"] =
                  max_batch_size: int | None = None, batches_per_epoch: int | None = None,
                  rank: int | None = None, world_size: int | None = None,
                  required_json: Sequence[str] = REQUIRED_JSON, pin_memory: bool = False,
-                 prefetch_factor: int | None = 4, persistent_workers: bool = False) -> MetisLoader:
+                 prefetch_factor: int | None = 2, persistent_workers: bool = False) -> MetisLoader:
     """Build the DataLoader the training/validation code iterates (batches formed inside; batch_size=None).
 
     Args:
