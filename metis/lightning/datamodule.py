@@ -61,7 +61,7 @@ class ShardDataModule(L.LightningDataModule):
 
     def _loader(self, shards, mode: str):
         h = self.hparams
-        trainer = self._trainer
+        trainer = self.trainer
         return build_loader(
             shards, mode=mode, max_tokens=h.max_tokens if mode == "train" else (h.val_max_tokens or h.max_tokens),
             fields=tuple(h.fields), num_workers=h.num_workers if mode == "train" else h.val_num_workers,
