@@ -102,3 +102,25 @@ def test_cli_reports_missing_generated_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.wav"):
         main(["--task", "se", "--manifest", str(tmp_path / "m.jsonl"), "--metrics", "sisdr",
               "--out", str(tmp_path / "o")])
+
+
+def test_cli_dns2020_protocol_reports_per_condition(tmp_path):
+    root, enh = tmp_path / "test_set", tmp_path / "enhanced"
+    for i, cond in enumerate(("no_reverb", "with_reverb")):
+        clean = speechlike(2.0, 16000, seed=i)
+        for sub, x in (("clean", clean), ("noisy", add_noise(clean, 5.0, seed=i))):
+            name = f"clean_fileid_{i}.wav" if sub == "clean" else f"book_x_fileid_{i}.wav"
+            (root / "synthetic" / cond / sub).mkdir(parents=True)
+            sf.write(root / "synthetic" / cond / sub / name, x, 16000)
+        enh.mkdir(exist_ok=True)
+        sf.write(enh / f"book_x_fileid_{i}.wav", add_noise(clean, 20.0, seed=9), 16000)
+    res = main(["--task", "se", "--protocol", "dns2020", "--data", str(root), "--gen-dir", str(enh),
+                "--metrics", "sisdr", "--out", str(tmp_path / "out"), "--no-plots"])
+    by_subset = {r["subset"]: r for r in res["rows"]}
+    assert set(by_subset) == {"no_reverb", "with_reverb"}
+    for r in by_subset.values():
+        assert r["si_sdr"] == pytest.approx(20.0, abs=0.3) and r["input_si_sdr"] == pytest.approx(5.0, abs=0.3)
+    md = (tmp_path / "out" / "results.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| with_reverb | si_sdr |"))
+    assert float(row.split("|")[3]) == pytest.approx(5.0, abs=0.3)  # the input column
+    assert "Metis-SE (Metis Table 4)" in md  # published DNS numbers shown beside the run
