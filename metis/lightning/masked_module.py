@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from metis.lightning.fault_tolerance import NonFiniteGuard
 from metis.lightning.metrics import masked_token_loss
 
 
@@ -33,10 +34,13 @@ class MaskedGenerativeModule(L.LightningModule):
         weight_decay_embeddings: also decay embedding tables (matrices are decayed; biases and scalars never).
         val_seed: validation corruption is seeded per batch so that val/loss is comparable across evaluations.
         tokenizer: frozen SpeechTokenizer used when batches carry raw audio instead of tokens.
+        max_consecutive_nonfinite: a NaN/inf loss skips its step on every rank (counted as
+            `train/nonfinite_skipped`); this many in a row stop the run naming the step (0: never).
     """
 
     def __init__(self, net: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
-                 weight_decay_embeddings: bool = False, val_seed: int = 1234, tokenizer: Any = None):
+                 weight_decay_embeddings: bool = False, val_seed: int = 1234, tokenizer: Any = None,
+                 max_consecutive_nonfinite: int = 10):
         super().__init__()
         # Only plain values go into the checkpoint's hparams: it must load with weights_only=True.
         self.save_hyperparameters(ignore=["net", "tokenizer", "optimizer", "scheduler"], logger=False)
@@ -46,15 +50,23 @@ class MaskedGenerativeModule(L.LightningModule):
         self.tokenizer = tokenizer
         self.val_history: list[float] = []
         self._step_start: float | None = None
+        self.nonfinite_guard = NonFiniteGuard(max_consecutive_nonfinite)
 
     # ---- one step, shared by train and val -------------------------------------------------
     def model_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError  # the two subclasses below are the only implementations
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        guard = self.nonfinite_guard
+        if guard.dropping(self.trainer.global_step):  # rest of an accumulation window with a NaN loss
+            return None
         loss, stats = self.model_step(batch)
         n_valid = stats.pop("n_valid")
         log = dict(on_step=True, on_epoch=False, batch_size=int(stats["n_masked"].clamp(min=1)))
+        if guard.check(loss, self.trainer.strategy, self.trainer.global_step):
+            self.log("train/nonfinite_skipped", float(guard.skipped), **log)
+            return guard.skip_output(loss, self)
+        self.log("train/nonfinite_skipped", float(guard.skipped), **log)
         self.log("train/loss", loss, prog_bar=True, **log)
         for name, value in stats.items():
             self.log(f"train/{name}", value.float(), **log)
@@ -130,8 +142,11 @@ class MaskedGenerativeModule(L.LightningModule):
             "numpy": _numpy_state_to_plain(np.random.get_state()),
             "python": random.getstate(),
         }
+        checkpoint["nonfinite_guard"] = self.nonfinite_guard.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "nonfinite_guard" in checkpoint:
+            self.nonfinite_guard.load_state_dict(checkpoint["nonfinite_guard"])
         state = checkpoint.get("rng_state")
         if state is None:
             return

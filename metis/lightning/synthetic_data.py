@@ -11,6 +11,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from metis.lightning.fault_tolerance import EqualBatches, ResumableSampler
+
 
 class ProgressionTokens(Dataset):
     def __init__(self, n_sequences: int, vocab_size: int, min_len: int, max_len: int, n_quantizers: int = 0,
@@ -51,6 +53,11 @@ def collate_tokens(items: list[dict]) -> dict:
 class SyntheticTokenDataModule(L.LightningDataModule):
     """Train/val loaders over `ProgressionTokens` (different seeds for the two splits).
 
+    Under DDP/DeepSpeed each rank reads a disjoint share (`ResumableSampler`; keep the trainer's
+    `use_distributed_sampler: false`). The training order is a function of (seed, epoch) only and
+    the position within the epoch is checkpointed, so a resumed run continues with exactly the
+    batches an uninterrupted run would have drawn. Validation batches are equalised across ranks.
+
     Args:
         batch_size: sequences per device and step.
         n_quantizers: also emit acoustic tokens (b, t, n_quantizers) for S2A; 0 for stage 1.
@@ -66,10 +73,39 @@ class SyntheticTokenDataModule(L.LightningDataModule):
         self.train_set = ProgressionTokens(h.n_train, h.codebook_size, h.min_len, h.max_len, h.n_quantizers, seed=h.seed)
         self.val_set = ProgressionTokens(h.n_val, h.codebook_size, h.min_len, h.max_len, h.n_quantizers, seed=h.seed + 1)
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True, collate_fn=collate_tokens,
-                          num_workers=self.hparams.num_workers, drop_last=True)
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.hparams.batch_size, shuffle=False, collate_fn=collate_tokens,
-                          num_workers=self.hparams.num_workers)
+    def train_dataloader(self) -> DataLoader:
+        h = self.hparams
+        rank, world = self._rank_world()
+        sampler = ResumableSampler(len(self.train_set), seed=h.seed, rank=rank, world_size=world, shuffle=True)
+        if self._resume is not None:
+            epoch, batches = self._resume
+            sampler.resume_at(epoch, batches * h.batch_size)
+            self._resume = None
+        # Own generator: creating the iterator must not draw from the global RNG (restored on resume).
+        return DataLoader(self.train_set, batch_size=h.batch_size, sampler=sampler, collate_fn=collate_tokens,
+                          num_workers=h.num_workers, drop_last=True, generator=torch.Generator().manual_seed(h.seed))
+
+    def val_dataloader(self):
+        h = self.hparams
+        rank, world = self._rank_world()
+        sampler = ResumableSampler(len(self.val_set), seed=h.seed, rank=rank, world_size=world, shuffle=False)
+        return EqualBatches(DataLoader(self.val_set, batch_size=h.batch_size, sampler=sampler, collate_fn=collate_tokens,
+                                       num_workers=h.num_workers))
+
+    # ---- resumable position: (epoch, batches of it this rank has trained on) -------------------------
+    _resume: tuple[int, int] | None = None
+
+    def state_dict(self) -> dict:
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        return {"epoch": trainer.current_epoch,
+                "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self._resume = (int(state["epoch"]), int(state["batches_done"]))

@@ -14,11 +14,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from metis.lightning.callbacks import ExportSafetensors
+from metis.lightning.fault_tolerance import newest_loadable
 
 
 def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: Path) -> str | None:
     """`null`: fresh run (refuses to mix with an existing run's checkpoints); `last`: resume, which must
-    exist; `auto`: resume when `last.ckpt` exists, else fresh; anything else: a checkpoint file."""
+    exist; `auto`: resume when `last.ckpt` exists, else fresh; anything else: a checkpoint file.
+    `last`/`auto` take `last.ckpt` if it is complete, else the newest complete `*.ckpt` (a file or a
+    DeepSpeed folder) in `checkpoint_dir`."""
     last = checkpoint_dir / "last.ckpt"
     if ckpt_path in (None, "null", "none"):
         if last.exists():
@@ -26,12 +29,20 @@ def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: Path) -> str | None
                 f"{checkpoint_dir} already holds a run's checkpoints: resume it with ckpt_path=last, "
                 f"or start elsewhere with run_name=<new name>")
         return None
+    # auto/last resume the newest checkpoint that loads: a `last.ckpt` left truncated by a kill during
+    # its write is skipped for the previous complete one (step*.ckpt), so nothing more than one
+    # checkpoint interval is lost.
     if ckpt_path == "auto":
-        return str(last) if last.exists() else None
+        found = newest_loadable(checkpoint_dir) if checkpoint_dir.is_dir() else None
+        return str(found) if found else None
     if ckpt_path == "last":
         if not last.exists():
             raise FileNotFoundError(f"ckpt_path=last but there is no {last}: nothing to resume (start with ckpt_path=null)")
-        return str(last)
+        found = newest_loadable(checkpoint_dir)
+        if found is None:
+            raise FileNotFoundError(f"ckpt_path=last but no checkpoint in {checkpoint_dir} is complete ({last} is corrupt): "
+                                    f"nothing to resume")
+        return str(found)
     if not Path(ckpt_path).exists():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
     return ckpt_path
