@@ -190,19 +190,15 @@ class NoiseBank:
 
 
 def babble_utterances(source, k: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """k utterances from a sequence of tensors (drawn with replacement when fewer than k, else without)
-    or a SpeakerReservoir (its `sample_wavs`)."""
+    """Up to k distinct utterances (all of them when there are fewer) from a sequence of tensors or
+    a SpeakerReservoir (its `sample_wavs`, distinct speakers)."""
     if hasattr(source, "sample_wavs"):
         utts = source.sample_wavs(k, generator)
     else:
         pool = list(source)
         if not pool:
             raise ValueError("babble: no utterances to build babble from")
-        if len(pool) >= k:
-            order = torch.randperm(len(pool), generator=generator)[:k].tolist()
-        else:
-            order = torch.randint(len(pool), (k,), generator=generator).tolist()
-        utts = [pool[i] for i in order]
+        utts = [pool[i] for i in torch.randperm(len(pool), generator=generator)[:k].tolist()]
     if not utts:
         raise ValueError("babble: no utterances to build babble from")
     return utts

@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+import torch
+
+from metis.conditions import AudioFileError, NoiseBank, coloured_noise
+from tests.conditions.conftest import SR, gen, speechlike, wav_bytes, write_shard, write_wav
+
+
+def psd_slope(x: torch.Tensor) -> float:
+    """Slope of log10 PSD vs log10 frequency over 100 Hz..6 kHz (Welch-averaged)."""
+    frames = x[: len(x) // 512 * 512].reshape(-1, 512) * torch.hann_window(512)
+    p = (torch.fft.rfft(frames).abs() ** 2).mean(0)
+    f = torch.fft.rfftfreq(512, 1 / SR)
+    sel = (f > 100) & (f < 6000)
+    lx, ly = torch.log10(f[sel]).double(), torch.log10(p[sel]).double()
+    return float(((lx - lx.mean()) * (ly - ly.mean())).sum() / ((lx - lx.mean()) ** 2).sum())
+
+
+@pytest.mark.parametrize("colour,alpha", [("white", 0.0), ("pink", 1.0), ("brown", 2.0)])
+def test_coloured_noise_has_the_spectral_slope(colour, alpha):
+    x = coloured_noise(SR * 2, colour, gen(3))
+    assert x.shape == (SR * 2,)
+    assert float(x.pow(2).mean()) == pytest.approx(1.0, rel=1e-4)
+    assert psd_slope(x) == pytest.approx(-alpha, abs=0.15)
+
+
+def test_coloured_noise_deterministic_and_seed_dependent():
+    assert torch.equal(coloured_noise(1000, "pink", gen(1)), coloured_noise(1000, "pink", gen(1)))
+    assert not torch.equal(coloured_noise(1000, "pink", gen(1)), coloured_noise(1000, "pink", gen(2)))
+    with pytest.raises(ValueError, match="unknown colour"):
+        coloured_noise(10, "purple", gen(0))
+
+
+def test_folder_bank_lazy_resampled_and_looped(tmp_path):
+    rng = np.random.default_rng(0)
+    write_wav(tmp_path / "a" / "n1.wav", rng.standard_normal((4000, 2)).astype(np.float32) * 0.1, 8000)  # stereo 8 kHz
+    write_wav(tmp_path / "n2.flac", rng.standard_normal(3000).astype(np.float32) * 0.1, SR)
+    (tmp_path / "readme.txt").write_text("not audio")
+    bank = NoiseBank.from_folder(tmp_path, sample_rate=SR)
+    assert len(bank) == 2
+    files = set()
+    for seed in range(6):
+        x, info = bank.draw(SR, gen(seed))  # longer than either file: looped
+        assert x.shape == (SR,) and torch.isfinite(x).all() and float(x.pow(2).mean()) > 1e-4
+        files.add(info["noise_file"])
+    assert files == {str(tmp_path / "a" / "n1.wav"), str(tmp_path / "n2.flac")}
+    assert torch.equal(bank.sample(500, gen(9)), bank.sample(500, gen(9)))
+    assert bank.validate() == 2
+
+
+def test_folder_bank_reads_only_a_window_of_a_long_file(tmp_path, monkeypatch):
+    import soundfile
+
+    x = np.random.default_rng(1).standard_normal(SR * 20).astype(np.float32) * 0.01
+    write_wav(tmp_path / "long.wav", x, SR)
+    bank = NoiseBank.from_folder(tmp_path)
+    reads = []
+    real_read = soundfile.read
+
+    def spy(*args, **kwargs):
+        out = real_read(*args, **kwargs)
+        reads.append(len(out[0]))
+        return out
+
+    monkeypatch.setattr(soundfile, "read", spy)
+    seg = bank.sample(SR // 10, gen(0))
+    assert seg.shape == (SR // 10,)
+    assert reads and max(reads) <= SR // 10 + 64  # a window, not the 20 s file
+    starts = {bank.sample(SR // 10, gen(s))[0].item() for s in range(4)}
+    assert len(starts) == 4  # random positions
+
+
+def test_empty_folder_names_the_folder(tmp_path):
+    (tmp_path / "x.txt").write_text("")
+    with pytest.raises(AudioFileError, match=str(tmp_path)):
+        NoiseBank.from_folder(tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        NoiseBank.from_folder(tmp_path / "missing")
+
+
+def test_unreadable_and_zero_length_files_name_the_file(tmp_path):
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really a wav")
+    bank = NoiseBank.from_folder(tmp_path)  # lazy: listing succeeds
+    with pytest.raises(AudioFileError, match="broken.wav"):
+        bank.sample(100, gen(0))
+    with pytest.raises(AudioFileError, match="broken.wav"):
+        bank.validate()
+    empty = tmp_path.parent / "empty_audio"
+    write_wav(empty / "zero.wav", np.zeros(0, dtype=np.float32), SR)
+    with pytest.raises(AudioFileError, match="zero.wav: zero-length"):
+        NoiseBank.from_folder(empty).sample(100, gen(0))
+
+
+def test_silent_noise_file_is_reported(tmp_path):
+    write_wav(tmp_path / "silence.wav", np.zeros(2000, dtype=np.float32), SR)
+    with pytest.raises(AudioFileError, match="silence.wav"):
+        NoiseBank.from_folder(tmp_path).sample(100, gen(0))
+
+
+def test_shard_bank(tmp_path):
+    rng = np.random.default_rng(2)
+    members = {f"k{i}.flac": wav_bytes(rng.standard_normal(2000).astype(np.float32) * 0.1, 8000) for i in range(3)}
+    members["k0.json"] = b"{}"
+    shard = write_shard(tmp_path / "noise-000000.tar", members)
+    bank = NoiseBank.from_shards(str(shard))
+    x, info = bank.draw(SR // 2, gen(0))
+    assert x.shape == (SR // 2,) and info["noise"] == "file"
+    assert info["noise_file"].startswith(f"{shard}:k") and info["noise_file"].endswith(".flac")
+    assert bank.validate() == 3
+    bad = write_shard(tmp_path / "bad.tar", {"k.wav": b"garbage"})
+    with pytest.raises(AudioFileError, match="bad.tar:k.wav"):
+        NoiseBank.from_shards(str(bad)).sample(100, gen(0))
+
+
+def test_babble_bank_and_coloured_bank():
+    utts = [speechlike(0.4, seed=i) for i in range(5)]
+    bank = NoiseBank.babble(utts, n_talkers=(3, 4))
+    x, info = bank.draw(SR, gen(0))
+    assert x.shape == (SR,) and info["noise"] == "babble" and info["noise_talkers"] in (3, 4)
+    assert float(x.pow(2).mean()) == pytest.approx(1.0, rel=1e-4)
+    assert torch.equal(bank.sample(SR, gen(5)), bank.sample(SR, gen(5)))
+    assert not torch.equal(bank.sample(SR, gen(5)), bank.sample(SR, gen(6)))
+    colours = {NoiseBank.coloured().draw(100, gen(s))[1]["noise_colour"] for s in range(20)}
+    assert colours == {"white", "pink", "brown"}
