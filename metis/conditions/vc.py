@@ -51,23 +51,33 @@ def pitch_shift(wav: torch.Tensor, semitones: float, sample_rate: int = 16000, n
     return _fix(y, n), float(ratio)
 
 
+def true_envelope(log_mag: torch.Tensor, n_fft: int, order: int, iterations: int = 8) -> torch.Tensor:
+    """(F, T) log magnitudes -> (F, T) smooth log envelope through the spectral peaks: the cepstrum
+    liftered to `order` coefficients, iterated on max(log_mag, envelope) ("true envelope"), so the
+    envelope rides on the harmonics instead of averaging the troughs between them."""
+    lift = torch.zeros(n_fft, 1)
+    lift[:order] = 1.0
+    lift[n_fft - order + 1:] = 1.0
+    target = log_mag
+    env = log_mag
+    for _ in range(max(1, iterations)):
+        env = torch.fft.rfft(torch.fft.irfft(target, n=n_fft, dim=0) * lift, dim=0).real
+        target = torch.maximum(log_mag, env)
+    return env
+
+
 def warp_envelope(wav: torch.Tensor, warp: float, sample_rate: int = 16000, n_fft: int = 1024, hop: int = 256,
-                  lifter_ms: float = 1.6) -> torch.Tensor:
-    """(n,) -> (n,): each frame's spectral envelope E(f) (cepstrum liftered below `lifter_ms`, i.e.
-    above F0 = 1/lifter_ms ≈ 600 Hz) replaced by E(f / warp), the fine (harmonic) structure and the
-    phase kept. warp > 1 moves formants up."""
+                  lifter_ms: float = 1.6, iterations: int = 8) -> torch.Tensor:
+    """(n,) -> (n,): each frame's spectral envelope E(f) (`true_envelope`, cepstrum liftered below
+    `lifter_ms`) replaced by E(f / warp), the fine (harmonic) structure and the phase kept.
+    warp > 1 moves formants up."""
     n = wav.shape[0]
     if warp == 1.0:
         return wav.clone()
     spec = _stft(wav, n_fft, hop)  # (F, T)
     n_bins = spec.shape[0]
     log_mag = torch.log(spec.abs().clamp_min(1e-7))
-    ceps = torch.fft.irfft(log_mag, n=n_fft, dim=0)  # (n_fft, T), real and even
-    q = max(2, int(lifter_ms * 1e-3 * sample_rate))
-    lift = torch.zeros(n_fft, 1)
-    lift[:q] = 1.0
-    lift[n_fft - q + 1:] = 1.0
-    env = torch.fft.rfft(ceps * lift, dim=0).real  # (F, T) smoothed log magnitude
+    env = true_envelope(log_mag, n_fft, max(2, int(lifter_ms * 1e-3 * sample_rate)), iterations)
     src = (torch.arange(n_bins, dtype=torch.float32) / warp).clamp(max=n_bins - 1)
     i0 = src.floor().long().clamp(max=n_bins - 2)
     frac = (src - i0)[:, None]
