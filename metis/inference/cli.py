@@ -1,0 +1,51 @@
+"""`infer(cfg)`: what `python infer.py` runs (kept apart from @hydra.main so tests call it directly)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from metis.inference.manifest import run_manifest, write_results
+from metis.inference.pipeline import Result
+from metis.inference.tasks import Request
+
+log = logging.getLogger(__name__)
+SINGLE_KEYS = ("task", "input", "prompt", "text", "prompt_text", "language", "target_seconds", "video_features", "seed")
+
+
+def single_request(cfg: DictConfig) -> Request:
+    if cfg.get("task") is None:
+        raise ValueError("give task=<tts|se|tse|vc|l2s> (with its inputs) or manifest=<requests.jsonl>")
+    kw = {k: cfg.get(k) for k in SINGLE_KEYS if cfg.get(k) is not None}
+    overrides = OmegaConf.to_container(cfg.overrides, resolve=True) if cfg.get("overrides") else {}
+    return Request(output=str(cfg.output), overrides=overrides, **kw)
+
+
+def infer(cfg: DictConfig) -> list[Result]:
+    """Build the pipeline (`cfg.pipeline`, instantiated by Hydra) and run one request or a manifest.
+
+    Returns the results; the caller decides the exit status (non-zero if any failed).
+    """
+    from hydra.utils import instantiate
+
+    request = None if cfg.get("manifest") else single_request(cfg)  # check the CLI before loading models
+    if request is not None:
+        request.validate()
+    pipeline = instantiate(cfg.pipeline, _convert_="all")
+    if request is None:
+        results = run_manifest(pipeline, cfg.manifest, cfg.output_dir, cfg.get("results"))
+    else:
+        results = pipeline.run([request])
+        if cfg.get("results"):
+            write_results(results, cfg.results)
+    for r in results:
+        if r.ok:
+            log.info("%s -> %s (%.2f s of audio, RTF %.3f)", r.task, r.output, r.audio_seconds,
+                     r.compute_seconds / r.audio_seconds)
+        else:
+            log.error("request %d (%s) failed: %s", r.index, r.task, r.error)
+    ok = sum(r.ok for r in results)
+    log.info("%d of %d requests done%s", ok, len(results), f"; outputs in {Path(cfg.output_dir)}" if cfg.get("manifest") else "")
+    return results

@@ -1,0 +1,207 @@
+"""Build an inference `Pipeline` from checkpoints: local folders laid out like the published repos
+(amphion/metis, amphion/MaskGCT, facebook/w2v-bert-2.0), Hugging Face repo ids (online or cached), or
+this project's exports (`model.safetensors` + `config.json` from `ExportSafetensors`).
+
+Stage-1 checkpoint per task (default sources; `stage1={task: source}` replaces one):
+
+    tts   amphion/MaskGCT  t2s_model/model.safetensors                       (Metis-TTS = MaskGCT T2S, Q17)
+    se    amphion/metis    metis_se/metis_se.safetensors, else the LoRA split:
+                           metis_base/model.safetensors + metis_se/metis_se_lora_32{,_adapter}.safetensors
+    tse   amphion/metis    the same pattern (LoRA r=32)
+    vc    amphion/metis    metis_vc/metis_vc.safetensors, else the LoRA split (r=16)
+    l2s   amphion/metis    metis_l2s/metis_l2s.safetensors
+    omni  amphion/metis    metis_omni/metis_omni.safetensors (serves every task when omni=true)
+
+A source is a repo id, a folder laid out like the repo, a single .safetensors file, or an export
+folder (config.json + model.safetensors; config.json's `_target_` names the class). Every load is
+strict; a missing file raises CheckpointNotFoundError naming the file and where it was expected.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from metis.checkpoints import published
+from metis.checkpoints.io import CheckpointNotFoundError, load_into
+from metis.inference.pipeline import Pipeline
+from metis.inference.tasks import TASKS
+
+EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_CONFIG = "config.json"
+
+# task -> (default repo role, kind of the whole-model file)
+STAGE1_KINDS: Mapping[str, tuple[str, str]] = {
+    "tts": ("maskgct", "metis_tts"),
+    "se": ("metis", "metis_se_full"),
+    "tse": ("metis", "metis_tse_full"),
+    "vc": ("metis", "metis_vc_full"),
+    "l2s": ("metis", "metis_l2s"),
+    "omni": ("metis", "metis_omni"),
+}
+DEFAULT_CLASSES = {"stage1": "metis.models.metis_stage1.MetisStage1", "s2a": "metis.models.s2a.MaskGCTS2A"}
+
+
+def _export_files(source: str | os.PathLike) -> tuple[Path, Path] | None:
+    """(weights, config) if `source` is an export folder or a weights file with config.json beside it."""
+    p = Path(source).expanduser()
+    if p.is_dir() and (p / EXPORT_CONFIG).is_file():
+        weights = p / EXPORT_WEIGHTS
+        if not weights.is_file():
+            raise CheckpointNotFoundError(f"export folder {p} has {EXPORT_CONFIG} but no {EXPORT_WEIGHTS}: expected the weights at {weights}")
+        return weights, p / EXPORT_CONFIG
+    if p.is_file() and (p.parent / EXPORT_CONFIG).is_file() and p.suffix == ".safetensors":
+        return p, p.parent / EXPORT_CONFIG
+    return None
+
+
+def load_export(source: str | os.PathLike, role: str, device: str | torch.device = "cpu") -> nn.Module:
+    """A model written by `ExportSafetensors`: build the class in config.json (`_target_`, default the
+    role's class) with the config's arguments, then load the weights strictly."""
+    files = _export_files(source)
+    if files is None:
+        raise CheckpointNotFoundError(f"{source} is not an export: expected {EXPORT_CONFIG} and {EXPORT_WEIGHTS} in one folder")
+    weights, config_path = files
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_path}: not valid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: expected a JSON object of constructor arguments")
+    target = config.pop("_target_", DEFAULT_CLASSES[role])
+    module, _, name = target.rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"{config_path}: _target_ {target!r} is not an nn.Module class")
+    with torch.device(device):
+        try:
+            model = cls(**config)
+        except TypeError as e:
+            raise ValueError(f"{config_path}: cannot build {target} from its keys: {e}") from e
+    load_into(model, load_file(str(weights), device=str(device)), source=str(weights))
+    return model
+
+
+def load_stage1(task: str, source: str | os.PathLike | None = None, *, metis: str = published.METIS_REPO,
+                maskgct: str = published.MASKGCT_REPO, overrides: Mapping[str, Any] | None = None,
+                device: str | torch.device = "cpu") -> nn.Module:
+    """The stage-1 model of `task` (tts, se, tse, vc, l2s, omni); see the module docstring for the files.
+
+    Args:
+        source: a repo id, a published-layout folder, a file, or an export folder; None uses the
+            task's default repo (`metis` or `maskgct`).
+        overrides: constructor arguments replacing the released config (other model sizes).
+    """
+    if task not in STAGE1_KINDS:
+        raise KeyError(f"no stage-1 checkpoint for task {task!r}; known: {sorted(STAGE1_KINDS)}")
+    role, kind = STAGE1_KINDS[task]
+    if source is not None and _export_files(source) is not None:
+        return load_export(source, "stage1", device)
+    src = source if source is not None else {"metis": metis, "maskgct": maskgct}[role]
+    overrides = dict(overrides or {})
+    if task not in published.LORA_SPLITS:
+        return published.load(kind, src, device=device, **overrides)
+    try:
+        return published.load(kind, src, device=device, **overrides)
+    except CheckpointNotFoundError as full_missing:
+        if Path(src).expanduser().is_file():
+            raise
+        try:
+            return published.load_lora_split(task, src, device=device, **overrides)
+        except CheckpointNotFoundError as split_missing:
+            raise CheckpointNotFoundError(
+                f"no {task} stage-1 checkpoint in {src}: neither a full fine-tune ({full_missing}) nor the "
+                f"published LoRA split ({split_missing})") from split_missing
+
+
+def load_s2a(which: str, source: str | os.PathLike = published.MASKGCT_REPO, *, overrides: Mapping[str, Any] | None = None,
+             device: str | torch.device = "cpu") -> nn.Module:
+    """`which` = "s2a_1layer" or "s2a_full" from amphion/MaskGCT (repo id or folder), a file, or an export."""
+    if which not in ("s2a_1layer", "s2a_full"):
+        raise KeyError(f"which must be 's2a_1layer' or 's2a_full', got {which!r}")
+    if _export_files(source) is not None:
+        return load_export(source, "s2a", device)
+    return published.load(f"maskgct_{which}", source, device=device, **dict(overrides or {}))
+
+
+def _check_w2v_bert(source: str) -> None:
+    p = Path(source).expanduser()
+    looks_local = p.exists() or str(source).startswith((".", "/", "~")) or str(source).count("/") != 1
+    if looks_local:
+        missing = [f for f in ("config.json", "preprocessor_config.json") if not (p / f).is_file()]
+        if not p.is_dir() or missing:
+            raise CheckpointNotFoundError(
+                f"w2v-BERT 2.0 folder {p} is missing {missing or 'entirely'}: download facebook/w2v-bert-2.0 into it "
+                f"(`hf download facebook/w2v-bert-2.0 --local-dir {p}`) or pass w2v_bert=<repo id or folder>")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_pipeline(*, tasks: Sequence[str] = TASKS, metis: str = published.METIS_REPO, maskgct: str = published.MASKGCT_REPO,
+                  w2v_bert: str = "facebook/w2v-bert-2.0", stats: str | None = None, w2v_layer: int = 17,
+                  stage1: Mapping[str, str | None] | None = None, omni: bool = False,
+                  s2a_1layer: str | None = None, s2a_full: str | None = None,
+                  stage1_config: Mapping[str, Any] | None = None, stage1_task_config: Mapping[str, Mapping[str, Any]] | None = None,
+                  s2a_1layer_config: Mapping[str, Any] | None = None, s2a_full_config: Mapping[str, Any] | None = None,
+                  repcodec_config: Mapping[str, Any] | None = None, encoder_config: Mapping[str, Any] | None = None,
+                  decoder_config: Mapping[str, Any] | None = None, device: str = "auto", tokenizer_batch_size: int = 8,
+                  **pipeline_kwargs) -> Pipeline:
+    """Assemble a Pipeline; stage-1 and S2A models load lazily (on a task's first use).
+
+    Args:
+        tasks: tasks this pipeline serves (their stage-1 checkpoints are looked up on first use).
+        metis, maskgct, w2v_bert: sources of the three published repos (repo ids or local folders).
+        stats: w2v-BERT normalisation stats; None = the released stats shipped with the package.
+        stage1: task -> source replacing the default (an export folder of a fine-tune, a file, ...).
+        omni: serve every task but l2s with the omni checkpoint (`stage1.omni` or metis_omni).
+        s2a_1layer, s2a_full: sources of the S2A models (default: `maskgct`).
+        *_config: constructor overrides (non-released sizes; tests use tiny models).
+        device: "auto" (cuda if available), "cpu", "cuda", ...
+        pipeline_kwargs: passed to Pipeline (fast, batch_size, chunk_seconds, settings, ...).
+    """
+    from metis.tokenizers.acoustic import AcousticTokenizer
+    from metis.tokenizers.semantic import DEFAULT_STATS, SemanticTokenizer
+
+    dev = resolve_device(device)
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise KeyError(f"unknown task(s) {unknown}; tasks are {TASKS}")
+    stage1 = dict(stage1 or {})
+    task_cfg = {k: dict(v or {}) for k, v in (stage1_task_config or {}).items()}
+    models: dict[str, Any] = {}
+    keys = (["omni"] + (["l2s"] if "l2s" in tasks else [])) if omni else list(tasks)
+    for key in keys:
+        models[key] = functools.partial(load_stage1, key, stage1.get(key), metis=metis, maskgct=maskgct,
+                                        overrides={**dict(stage1_config or {}), **task_cfg.get(key, {})}, device=dev)
+    _check_w2v_bert(str(w2v_bert))
+    try:
+        semantic = SemanticTokenizer(w2v_bert, stats if stats is not None else DEFAULT_STATS, maskgct, layer=w2v_layer,
+                                     codec_config=dict(repcodec_config) if repcodec_config else None, device=dev,
+                                     batch_size=tokenizer_batch_size)
+    except OSError as e:
+        if isinstance(e, CheckpointNotFoundError):
+            raise
+        raise CheckpointNotFoundError(f"cannot load w2v-BERT 2.0 from {w2v_bert!r} ({e}); download facebook/w2v-bert-2.0 "
+                                      "into a folder and pass w2v_bert=<folder>") from e
+    acoustic = AcousticTokenizer(maskgct, maskgct, encoder_config=dict(encoder_config) if encoder_config else None,
+                                 decoder_config=dict(decoder_config) if decoder_config else None, device=dev,
+                                 batch_size=tokenizer_batch_size)
+    s1 = functools.partial(load_s2a, "s2a_1layer", s2a_1layer or maskgct, overrides=s2a_1layer_config, device=dev)
+    sf = functools.partial(load_s2a, "s2a_full", s2a_full or maskgct, overrides=s2a_full_config, device=dev)
+    return Pipeline(models, s1, sf, semantic, acoustic, device=dev, **pipeline_kwargs)
+
+
+__all__ = ["STAGE1_KINDS", "load_export", "load_pipeline", "load_s2a", "load_stage1", "resolve_device"]

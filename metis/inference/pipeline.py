@@ -1,0 +1,354 @@
+"""The inference pipeline: audio in -> SSL / acoustic tokens -> stage 1 -> S2A -> codec -> 24 kHz wav.
+
+ARCHITECTURE.md §6. One `Pipeline` holds the models (stage-1 model per task, the two S2A models, the
+semantic and acoustic tokenizers, G2P); every component is injectable, so tests run tiny random
+models through the same code.
+
+    pipe = Pipeline(stage1={"se": se_model, "vc": vc_model}, s2a_1layer=s1, s2a_full=sf,
+                    semantic=SemanticTokenizer(...), acoustic=AcousticTokenizer(...))
+    wav = pipe(Request(task="se", input="noisy.wav"))               # (n,) at 24 kHz
+    results = pipe.run([Request(...), ...])                          # batched, writes request.output
+
+Per item (a request, or one window of a long se / tse / vc input):
+
+    stage 1:  prompt ids + target_len [+ phones] [+ finetune_cond]  -> generated semantic ids
+    S2A 1L:   cond_emb(prompt ids + generated) (se: generated only), acoustic prompt -> layer 0
+    S2A full: same, layer 0 given                                   -> 12 layers (T_a = len - p)
+    codec:    12 layers -> T_a x 480 samples at 24 kHz
+
+Batches are sorted by length and decoded per sample (`metis.inference.sampling`): each item draws from
+its own generator seeded from its request's seed, so a result does not depend on the batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from metis.inference.audio import OUTPUT_SAMPLE_RATE, load_audio, load_video_features, save_audio, upsample_video_features
+from metis.inference.sampling import DecodeConfig, s2a_decode, stage1_decode
+from metis.inference.tasks import (CHUNKED_TASKS, S2A_1LAYER_DEFAULT, S2A_FULL_DEFAULT, SAMPLES_PER_FRAME_16K,
+                                   STAGE1_DEFAULTS, TASKS, Request, S2ASettings, apply_overrides, chunk_starts, stitch,
+                                   tts_target_len)
+from metis.models.decoding import UniformNoise
+
+ModelOrLoader = nn.Module | Callable[[], nn.Module]
+
+
+@dataclass
+class Item:
+    """One stage-1 + S2A decoding unit (a request or one window of it)."""
+
+    request: int
+    chunk: int
+    start: int  # start frame of this window in the request's output
+    task: str
+    prompt_ids: torch.Tensor  # (tp,)
+    target_len: int
+    acoustic_prompt: torch.Tensor  # (p, q)
+    keep_prompt: bool  # S2A condition = prompt ids + generated (else generated only: se)
+    phones: torch.Tensor | None = None
+    finetune_cond: torch.Tensor | None = None
+    seed: int = 0
+    stage1: DecodeConfig | None = None
+    s2a_1layer: S2ASettings | None = None
+    s2a_full: S2ASettings | None = None
+
+
+@dataclass
+class Result:
+    """What happened to one request (one line of the results jsonl)."""
+
+    index: int
+    task: str
+    output: str | None
+    ok: bool
+    error: str | None = None
+    audio_seconds: float | None = None
+    compute_seconds: float | None = None
+    chunks: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.audio_seconds and self.compute_seconds is not None:
+            d["rtf"] = self.compute_seconds / self.audio_seconds
+        return d
+
+
+def _item_seed(seed: int, chunk: int) -> int:
+    return (int(seed) * 1_000_003 + chunk * 7919) % (2**63 - 1)
+
+
+class Pipeline:
+    """Checkpoint -> tokens -> waveform for tts, se, tse, vc and l2s.
+
+    Args:
+        stage1: task -> MetisStage1 (or a zero-argument loader called on first use). Key "omni" serves
+            every task it lacks (an omni checkpoint: phones for tts, adapter for se / tse / vc).
+        s2a_1layer, s2a_full: the MaskGCT S2A models (or loaders).
+        semantic: a SemanticTokenizer (features() and encode() on 16 kHz waveforms).
+        acoustic: an AcousticTokenizer (encode() at 24 kHz, decode()).
+        g2p: text -> (phones, ids), called as g2p(text, language=...); default metis.text.G2P on first tts.
+        device: where the models run.
+        fast: batched CFG, cached condition embeddings, top-k-only sampling, bf16 autocast on CUDA
+            (see metis.inference.sampling); False reproduces the reference exactly.
+        batch_size: items per stage-1 / S2A batch (length-sorted).
+        chunk_seconds, overlap_seconds: windowing of long se / tse / vc sources (tasks.py); 0 disables.
+        stage1_settings: task -> {n_timesteps, cfg, rescale_cfg, temp, filter_thres} replacing the
+            published defaults (partial dicts allowed).
+        s2a_1layer_settings, s2a_full_settings: {n_timesteps, cfg, rescale_cfg, temp, filter_thres}.
+        noise_device: where the per-item generators live; default cpu (as the reference draws), or the
+            model device when fast.
+        progress: show a tqdm bar in run().
+    """
+
+    def __init__(self, stage1: Mapping[str, ModelOrLoader], s2a_1layer: ModelOrLoader, s2a_full: ModelOrLoader,
+                 semantic, acoustic, *, g2p: Callable | None = None, device: str | torch.device = "cpu",
+                 fast: bool = False, batch_size: int = 8, chunk_seconds: float = 20.0, overlap_seconds: float = 1.0,
+                 stage1_settings: Mapping[str, Mapping[str, Any]] | None = None,
+                 s2a_1layer_settings: Mapping[str, Any] | None = None, s2a_full_settings: Mapping[str, Any] | None = None,
+                 noise_device: str | torch.device | None = None, progress: bool = True):
+        self.device = torch.device(device)
+        self._stage1: dict[str, ModelOrLoader] = dict(stage1)
+        unknown = sorted(set(self._stage1) - set(TASKS) - {"omni"})
+        if unknown:
+            raise KeyError(f"stage1 has models for unknown task(s) {unknown}; tasks are {TASKS} and 'omni'")
+        self._s2a = {"s2a_1layer": s2a_1layer, "s2a_full": s2a_full}
+        self.semantic = semantic
+        self.acoustic = acoustic
+        self._g2p = g2p
+        self.fast = fast
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.chunk_frames = int(round(chunk_seconds * 50)) if chunk_seconds else 0
+        self.overlap_frames = int(round(overlap_seconds * 50))
+        if self.chunk_frames and not 2 <= self.overlap_frames < self.chunk_frames:
+            raise ValueError(f"overlap_seconds={overlap_seconds} must give at least 2 frames (40 ms) and less than chunk_seconds={chunk_seconds}")
+        self.noise_device = torch.device(noise_device) if noise_device is not None else (self.device if fast else torch.device("cpu"))
+        self.progress = progress
+        self.stage1_settings: dict[str, DecodeConfig] = {}
+        for task in TASKS:
+            self.stage1_settings[task], _, _ = apply_overrides(STAGE1_DEFAULTS[task], S2A_1LAYER_DEFAULT, S2A_FULL_DEFAULT,
+                                                               dict((stage1_settings or {}).get(task) or {}), f"stage1_settings.{task}")
+        unknown = sorted(set(stage1_settings or {}) - set(TASKS))
+        if unknown:
+            raise KeyError(f"stage1_settings for unknown task(s) {unknown}; tasks are {TASKS}")
+        _, self.s2a_1layer_settings, self.s2a_full_settings = apply_overrides(
+            STAGE1_DEFAULTS["tts"], S2A_1LAYER_DEFAULT, S2A_FULL_DEFAULT,
+            {"s2a_1layer": dict(s2a_1layer_settings or {}), "s2a_full": dict(s2a_full_settings or {})}, "s2a settings")
+        self._prompt_cache: dict[tuple[str, str], Any] = {}
+        self._on_device: set[str] = set()
+
+    # ------------------------------------------------------------------------------ components
+
+    def _ready(self, model_or_loader: ModelOrLoader) -> nn.Module:
+        model = model_or_loader if isinstance(model_or_loader, nn.Module) else model_or_loader()
+        return model.to(self.device).eval().requires_grad_(False)
+
+    def stage1_model(self, task: str) -> nn.Module:
+        key = task if task in self._stage1 else "omni" if "omni" in self._stage1 else None
+        if key is None:
+            raise KeyError(f"no stage-1 model for task {task!r}: the pipeline has {sorted(self._stage1)}")
+        if key not in self._on_device:
+            self._stage1[key] = self._ready(self._stage1[key])
+            self._on_device.add(key)
+        return self._stage1[key]
+
+    def s2a_model(self, name: str) -> nn.Module:
+        if name not in self._on_device:
+            self._s2a[name] = self._ready(self._s2a[name])
+            self._on_device.add(name)
+        return self._s2a[name]
+
+    def g2p(self, text: str, language: str) -> list[int]:
+        if self._g2p is None:
+            from metis.text import G2P
+
+            self._g2p = G2P()
+        return list(self._g2p(text, language=language)[1])
+
+    # ------------------------------------------------------------------------------ preparation
+
+    def _prompt_tokens(self, path: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A prompt file -> (16 kHz wav, semantic ids (tp,), acoustic codes (p, q)); cached per path."""
+        key = ("prompt", str(path))
+        if key not in self._prompt_cache:
+            w16 = load_audio(path, 16000)
+            w24 = load_audio(path, OUTPUT_SAMPLE_RATE)
+            ids = self.semantic.encode([w16])[0].cpu()
+            codes = self.acoustic.encode([w24])[0].cpu()
+            self._prompt_cache[key] = (w16, ids, codes)
+        return self._prompt_cache[key]
+
+    def _windows(self, n16: int) -> list[tuple[int, int, int]]:
+        """(start frame, start sample, end sample) at 16 kHz of each window of a source."""
+        n_frames = n16 // SAMPLES_PER_FRAME_16K
+        starts = chunk_starts(n_frames, self.chunk_frames, self.overlap_frames)
+        spans = []
+        for k, s in enumerate(starts):
+            end = n16 if k == len(starts) - 1 else (s + self.chunk_frames) * SAMPLES_PER_FRAME_16K
+            spans.append((s, s * SAMPLES_PER_FRAME_16K, end))
+        return spans
+
+    def prepare(self, index: int, req: Request) -> list[Item]:
+        """Tokenise one request's inputs into decoding items (several for a chunked long source)."""
+        req.validate()
+        st1, s2a1, s2af = apply_overrides(self.stage1_settings[req.task], self.s2a_1layer_settings, self.s2a_full_settings,
+                                          req.overrides, f"request {index} overrides")
+        common = dict(request=index, task=req.task, stage1=st1, s2a_1layer=s2a1, s2a_full=s2af)
+        q = self.acoustic.num_quantizers
+        if req.task == "tts":
+            _, ids, codes = self._prompt_tokens(req.prompt)
+            phones = torch.tensor(self.g2p(req.prompt_text, req.language) + self.g2p(req.text, req.language), dtype=torch.long)
+            target = tts_target_len(ids.numel(), req.text, req.prompt_text, req.target_seconds)
+            return [Item(chunk=0, start=0, prompt_ids=ids, target_len=target, acoustic_prompt=codes, keep_prompt=True,
+                         phones=phones, seed=_item_seed(req.seed, 0), **common)]
+        if req.task == "l2s":
+            _, ids, codes = self._prompt_tokens(req.prompt)
+            vis = upsample_video_features(load_video_features(req.video_features))  # (2 T_v, c)
+            cond = torch.cat([vis.new_zeros(ids.numel(), vis.shape[1]), vis])
+            return [Item(chunk=0, start=0, prompt_ids=ids, target_len=vis.shape[0], acoustic_prompt=codes, keep_prompt=True,
+                         finetune_cond=cond, seed=_item_seed(req.seed, 0), **common)]
+        # se / tse / vc: windows of the source, each with the whole prompt
+        src16 = load_audio(req.input, 16000)
+        if req.task == "se":
+            p16, ids, codes = None, torch.zeros(0, dtype=torch.long), torch.zeros(0, q, dtype=torch.long)
+        else:
+            p16, ids, codes = self._prompt_tokens(req.prompt)
+        items = []
+        for k, (start, a, b) in enumerate(self._windows(src16.numel())):
+            chunk = src16[a:b]
+            wav = chunk if p16 is None else torch.cat([p16, chunk])
+            feats = self.semantic.features([wav])[0].cpu()  # (T_total, c): finetune_cond over prompt + source
+            target = feats.shape[0] - ids.numel()
+            if target < 1:
+                raise ValueError(f"request {index}: source window {k} of {req.input} gives no frame after the prompt")
+            items.append(Item(chunk=k, start=start, prompt_ids=ids, target_len=target, acoustic_prompt=codes,
+                              keep_prompt=req.task != "se", finetune_cond=feats, seed=_item_seed(req.seed, k), **common))
+        return items
+
+    # ------------------------------------------------------------------------------ decoding
+
+    def _noises(self, items: Sequence[Item]) -> list[UniformNoise]:
+        return [UniformNoise(torch.Generator(device=self.noise_device).manual_seed(it.seed)) for it in items]
+
+    @torch.no_grad()
+    def decode_items(self, items: Sequence[Item]) -> list[torch.Tensor]:
+        """One batch of items sharing task and settings -> per item its 24 kHz waveform (T_a x 480,)."""
+        if len({(it.task, it.stage1, it.s2a_1layer, it.s2a_full) for it in items}) != 1:
+            raise ValueError("a batch must share task and settings")
+        it0 = items[0]
+        model = self.stage1_model(it0.task)
+        noises = self._noises(items)
+        autocast = self.fast
+        phones = [it.phones for it in items] if it0.phones is not None else None
+        conds = [it.finetune_cond for it in items] if it0.finetune_cond is not None else None
+        gen = stage1_decode(model, [it.prompt_ids for it in items], [it.target_len for it in items], it0.stage1,
+                            noises=noises, phones=phones, finetune_conds=conds, fast=self.fast, autocast=autocast)
+        sem = [torch.cat([it.prompt_ids.to(g.device), g]) if it.keep_prompt else g for it, g in zip(items, gen)]
+        prompts = [it.acoustic_prompt for it in items]
+        s1, sf = self.s2a_model("s2a_1layer"), self.s2a_model("s2a_full")
+        layer0 = s2a_decode(s1, sem, prompts, it0.s2a_1layer.layers(s1.num_quantizer), noises=noises, fast=self.fast,
+                            autocast=autocast)
+        codes = s2a_decode(sf, sem, prompts, it0.s2a_full.layers(sf.num_quantizer), noises=noises, gt_codes=layer0,
+                           fast=self.fast, autocast=autocast)
+        return [self.acoustic.decode(c[None].to(self.acoustic.device))[0].float().cpu() for c in codes]
+
+    def __call__(self, request: Request) -> torch.Tensor:
+        """Run one request and return its waveform (n,) at 24 kHz (also written to request.output if set)."""
+        result = self.run([request], progress=False)[0]
+        if not result.ok:
+            raise RuntimeError(f"{request.task} request failed: {result.error}")
+        return self.last_outputs[0]
+
+    def run(self, requests: Sequence[Request], progress: bool | None = None,
+            on_result: Callable[[Result], None] | None = None) -> list[Result]:
+        """Run many requests in length-sorted batches; a failing request is reported, the rest go on.
+
+        Writes each successful request's wav to its `output` (when set). `self.last_outputs` keeps the
+        waveforms of this call (None for failures).
+        """
+        from tqdm.auto import tqdm
+
+        results = [Result(index=i, task=r.task, output=r.output, ok=False, id=r.id) for i, r in enumerate(requests)]
+        items: list[Item] = []
+        for i, req in enumerate(requests):
+            try:
+                its = self.prepare(i, req)
+                items += its
+                results[i].chunks = len(its)
+                results[i].settings = {"stage1": asdict(its[0].stage1), "s2a_1layer": asdict(its[0].s2a_1layer),
+                                       "s2a_full": asdict(its[0].s2a_full), "seed": req.seed, "fast": self.fast}
+            except Exception as e:  # noqa: BLE001 - reported per request
+                results[i].error = f"{type(e).__name__}: {e}"
+        # length-sorted batches of items that share task and settings
+        groups: dict[tuple, list[Item]] = {}
+        for it in items:
+            groups.setdefault((it.task, it.stage1, it.s2a_1layer, it.s2a_full), []).append(it)
+        batches = []
+        for group in groups.values():
+            group.sort(key=lambda it: it.prompt_ids.numel() + it.target_len)
+            batches += [group[i:i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+        wavs: dict[tuple[int, int], torch.Tensor] = {}
+        compute = [0.0] * len(requests)
+        bar = tqdm(total=len(items), desc="infer", unit="item", disable=not (self.progress if progress is None else progress))
+        for batch in batches:
+            t0 = time.perf_counter()
+            try:
+                outs = self.decode_items(batch)
+            except Exception:  # noqa: BLE001 - isolate the failing item(s): one at a time
+                outs = []
+                for it in batch:
+                    try:
+                        outs.append(self.decode_items([it])[0])
+                    except Exception as e:  # noqa: BLE001
+                        outs.append(None)
+                        results[it.request].error = results[it.request].error or f"{type(e).__name__}: {e}"
+            dt = time.perf_counter() - t0
+            total = sum(it.prompt_ids.numel() + it.target_len for it in batch)
+            for it, w in zip(batch, outs):
+                compute[it.request] += dt * (it.prompt_ids.numel() + it.target_len) / total
+                if w is not None:
+                    wavs[(it.request, it.chunk)] = w
+            bar.update(len(batch))
+        bar.close()
+
+        self.last_outputs: list[torch.Tensor | None] = [None] * len(requests)
+        for i, req in enumerate(requests):
+            res = results[i]
+            if res.error is None and res.chunks:
+                try:
+                    its = [it for it in items if it.request == i]
+                    its.sort(key=lambda it: it.chunk)
+                    wav = stitch([wavs[(i, it.chunk)] for it in its], [it.start for it in its])
+                    if not torch.isfinite(wav).all():
+                        raise FloatingPointError("the generated waveform has non-finite samples")
+                    if req.output:
+                        save_audio(req.output, wav)
+                    self.last_outputs[i] = wav
+                    res.ok = True
+                    res.audio_seconds = wav.numel() / OUTPUT_SAMPLE_RATE
+                    res.compute_seconds = compute[i]
+                except Exception as e:  # noqa: BLE001
+                    res.error = f"{type(e).__name__}: {e}"
+            if on_result is not None:
+                on_result(res)
+        return results
+
+
+def output_num_samples(task: str, semantic_frames: int, prompt_semantic: int, prompt_acoustic: int) -> int:
+    """Expected output samples of one window: (semantic sequence - acoustic prompt) x 480 (Q10).
+
+    semantic_frames: generated frames; prompt_semantic / prompt_acoustic: prompt frames on each path.
+    """
+    kept = semantic_frames + (0 if task == "se" else prompt_semantic)
+    return (kept - prompt_acoustic) * 480
+
