@@ -243,6 +243,12 @@ class Pipeline:
     @torch.no_grad()
     def decode_items(self, items: Sequence[Item]) -> list[torch.Tensor]:
         """One batch of items sharing task and settings -> per item its 24 kHz waveform (T_a x 480,)."""
+        _, codes = self.generate(items)
+        return [self.acoustic.decode(c[None].to(self.acoustic.device))[0].float().cpu() for c in codes]
+
+    @torch.no_grad()
+    def generate(self, items: Sequence[Item]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One batch of items sharing task and settings -> per item (semantic ids (T_s,), acoustic codes (T_a, q))."""
         if len({(it.task, it.stage1, it.s2a_1layer, it.s2a_full) for it in items}) != 1:
             raise ValueError("a batch must share task and settings")
         it0 = items[0]
@@ -260,7 +266,7 @@ class Pipeline:
                             autocast=autocast)
         codes = s2a_decode(sf, sem, prompts, it0.s2a_full.layers(sf.num_quantizer), noises=noises, gt_codes=layer0,
                            fast=self.fast, autocast=autocast)
-        return [self.acoustic.decode(c[None].to(self.acoustic.device))[0].float().cpu() for c in codes]
+        return sem, codes
 
     def __call__(self, request: Request) -> torch.Tensor:
         """Run one request and return its waveform (n,) at 24 kHz (also written to request.output if set)."""

@@ -1,0 +1,132 @@
+"""Real-time factor of inference per task, faithful versus fast mode, at tiny and mid model sizes (CPU).
+
+    python benchmarks/bench_inference.py                      # tiny: all tasks; mid: tts, se, vc (~4 min on 1 core)
+    python benchmarks/bench_inference.py --sizes mid --tasks all --threads 2 --device cuda
+
+Times stage 1 + S2A (1 layer, then full) + codec decoding of one request with the published decoding
+settings (tts 25 steps cfg 2.5; se 10; tse 10; vc 20 cfg 1; l2s 25; S2A [40] and [40,16,1x10] cfg
+2.5), on random weights: prompt 2 s, target 2 s (tts, vc, tse, l2s) or 4 s (se), batch 1. Tokenisation
+of the inputs (w2v-BERT, codec encoder) is not included: it runs once per input, not per step.
+RTF = compute seconds / output audio seconds. Agreement = fraction of equal semantic and acoustic
+tokens between the two modes (same seed).
+
+Sizes: tiny = stage 1 / S2A hidden 64 x 2 layers; mid = hidden 512 x 8 layers x 8 heads, 8192 semantic
+codes, 12 x 1024 acoustic codes; the released models are 1536 x 16 (stage 1) and 1024 x 16 (S2A).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from metis.inference.pipeline import Item, Pipeline
+from metis.inference.tasks import S2A_1LAYER_DEFAULT, S2A_FULL_DEFAULT, STAGE1_DEFAULTS, TASKS
+from metis.models.acoustic_codec import CodecDecoder
+from metis.models.metis_stage1 import MetisStage1
+from metis.models.s2a import MaskGCTS2A
+
+SIZES = {
+    "tiny": dict(hidden=64, layers=2, heads=4, vocab=1024),
+    "mid": dict(hidden=512, layers=8, heads=8, vocab=8192),
+}
+DECODER = dict(in_channels=32, num_quantizers=12, codebook_size=1024, codebook_dim=8, vocos_dim=128,
+               vocos_intermediate_dim=384, vocos_num_layers=4, n_fft=1920, hop_size=480)
+
+
+class _Decoder:
+    """The acoustic half of AcousticTokenizer (decode only), on a small random Vocos decoder."""
+
+    num_quantizers = 12
+
+    def __init__(self, device):
+        self.device = device
+        self.decoder = CodecDecoder(**DECODER).eval().to(device)
+
+    @torch.no_grad()
+    def decode(self, codes):
+        return self.decoder(self.decoder.vq2emb(codes.long().permute(2, 0, 1)))[:, 0]
+
+
+def build(size: str, device) -> tuple[dict, MaskGCTS2A, MaskGCTS2A]:
+    s = SIZES[size]
+    torch.manual_seed(0)
+    common = dict(hidden_size=s["hidden"], num_layers=s["layers"], num_heads=s["heads"], cond_codebook_size=s["vocab"])
+    stage1 = {
+        "tts": MetisStage1(**common, ft_type="tts", use_phone_cond=True),
+        "se": MetisStage1(**common, ft_type="se", cond_dim=1024),
+        "l2s": MetisStage1(**common, ft_type="l2s", cond_dim=768),
+    }
+    stage1["tse"] = stage1["vc"] = stage1["se"]
+    s2a = dict(hidden_size=s["hidden"], num_layers=s["layers"], num_heads=s["heads"], codebook_size=1024,
+               cond_codebook_size=s["vocab"])
+    return stage1, MaskGCTS2A(num_quantizer=1, **s2a), MaskGCTS2A(num_quantizer=12, predict_layer_1=False, **s2a)
+
+
+def make_item(task: str, vocab: int, prompt_frames: int, target_frames: int) -> Item:
+    g = torch.Generator().manual_seed(1)
+    tp = 0 if task == "se" else prompt_frames
+    ids = torch.randint(0, vocab, (tp,), generator=g)
+    acoustic = torch.randint(0, 1024, (tp + (1 if tp else 0), 12), generator=g)  # one frame longer (Q10)
+    phones = torch.randint(0, 300, (4 * (tp + target_frames) // 10,), generator=g) if task == "tts" else None
+    cond = None
+    if task in ("se", "tse", "vc"):
+        cond = torch.randn(tp + target_frames, 1024, generator=g)
+    elif task == "l2s":
+        cond = torch.randn(tp + target_frames, 768, generator=g)
+    return Item(request=0, chunk=0, start=0, task=task, prompt_ids=ids, target_len=target_frames, acoustic_prompt=acoustic,
+                keep_prompt=task != "se", phones=phones, finetune_cond=cond, seed=7, stage1=STAGE1_DEFAULTS[task],
+                s2a_1layer=S2A_1LAYER_DEFAULT, s2a_full=S2A_FULL_DEFAULT)
+
+
+def run(size: str, tasks, device, prompt_s: float, target_s: float) -> list[dict]:
+    stage1, s1, sf = build(size, device)
+    decoder = _Decoder(device)
+    rows = []
+    for task in tasks:
+        target = int(target_s * 50) * (2 if task == "se" else 1)
+        item = make_item(task, SIZES[size]["vocab"], int(prompt_s * 50), target)
+        out = {}
+        for fast in (False, True):
+            pipe = Pipeline(stage1, s1, sf, semantic=None, acoustic=decoder, device=device, fast=fast, progress=False)
+            pipe.generate([item])  # warm-up (allocations, lazy init); tiny only matters on GPU
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            sem, codes = pipe.generate([item])
+            wav = decoder.decode(codes[0][None].to(device))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            out[fast] = (time.perf_counter() - t0, sem[0].cpu(), codes[0].cpu(), wav.shape[-1] / 24000)
+        (t_a, sem_a, codes_a, audio), (t_b, sem_b, codes_b, _) = out[False], out[True]
+        rows.append(dict(size=size, task=task, audio_s=audio, faithful_rtf=t_a / audio, fast_rtf=t_b / audio,
+                         speedup=t_a / t_b, sem_agree=(sem_a == sem_b).float().mean().item(),
+                         ac_agree=(codes_a == codes_b).float().mean().item()))
+        r = rows[-1]
+        print(f"{size:5s} {task:4s} audio {audio:5.2f} s | faithful RTF {r['faithful_rtf']:7.3f} | fast RTF {r['fast_rtf']:7.3f} "
+              f"| speed-up x{r['speedup']:.2f} | agreement semantic {r['sem_agree']:.3f} acoustic {r['ac_agree']:.3f}", flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", default=["tiny", "mid"], choices=list(SIZES))
+    ap.add_argument("--tasks", nargs="+", default=None, help="tasks (default: all for tiny, tts se vc for mid); 'all'")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared machine)")
+    ap.add_argument("--prompt-seconds", type=float, default=2.0)
+    ap.add_argument("--target-seconds", type=float, default=2.0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"device {device}, {args.threads} thread(s), torch {torch.__version__}")
+    for size in args.sizes:
+        tasks = args.tasks or (list(TASKS) if size == "tiny" else ["tts", "se", "vc"])
+        if tasks == ["all"]:
+            tasks = list(TASKS)
+        run(size, tasks, device, args.prompt_seconds, args.target_seconds)
+
+
+if __name__ == "__main__":
+    main()
