@@ -6,15 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
-import torchaudio.functional as AF
 
 OUTPUT_SAMPLE_RATE = 24000
 
 
 def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
     """Read `path` (any format soundfile reads) as mono float32 (n,) at `sample_rate` (channels averaged)."""
+    import soundfile as sf
+    import torchaudio.functional as AF
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio file {path} does not exist")
@@ -32,6 +33,8 @@ def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
 
 def save_audio(path: str | Path, wav: torch.Tensor, sample_rate: int = OUTPUT_SAMPLE_RATE) -> Path:
     """Write a mono waveform (n,) as 16-bit PCM wav (folders created); samples are clipped to [-1, 1]."""
+    import soundfile as sf
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = wav.detach().float().cpu().clamp(-1, 1).numpy()
