@@ -7,8 +7,10 @@ import os
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
+from metis.checkpoints.deepspeed import gathered_state_dict
 from metis.checkpoints.io import save_safetensors
 
 
@@ -17,6 +19,7 @@ class ExportSafetensors(L.Callback):
     (the net's constructor config) at the end of training and, optionally, every N steps.
 
     The file loads strictly into the same class (`metis.checkpoints`) and into the reference code.
+    Under DeepSpeed (any ZeRO stage) the fp32 master weights are gathered from all ranks first.
     Writes are atomic: an interrupted export leaves the previous file intact.
 
     Args:
@@ -33,9 +36,13 @@ class ExportSafetensors(L.Callback):
 
     def export(self, trainer: L.Trainer, module: L.LightningModule) -> Path:
         path = self.dirpath / "model.safetensors"
+        # Under DeepSpeed the module holds 16-bit copies (and ZeRO-3 only this rank's shard): gather the
+        # fp32 master weights over all ranks (a collective, so every rank runs it).
+        state = gathered_state_dict(module.net) if isinstance(trainer.strategy, DeepSpeedStrategy) else None
         if trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)
-            save_safetensors(module.net.state_dict(), path, metadata={"global_step": str(trainer.global_step)})
+            state = module.net.state_dict() if state is None else state
+            save_safetensors(state, path, metadata={"global_step": str(trainer.global_step)})
             if self.model_config is not None:
                 tmp = self.dirpath / ".config.json.tmp"
                 tmp.write_text(json.dumps(self.model_config, indent=2))

@@ -39,14 +39,14 @@ class NonFiniteGuard:
     others run it waits forever in the gradient all-reduce. The decision is one all-reduce of a
     flag per step (`Strategy.reduce_boolean_decision`, a no-op on one device).
 
-    How the step is skipped depends on the strategy (`skip_output`):
-      - DDP / single device: training_step returns None, so Lightning runs no backward and the
-        optimizer sees no gradients (no update; the LR scheduler still advances one step). Under
-        gradient accumulation the whole accumulation window is dropped: gradients already
-        accumulated are cleared and the window's remaining micro-batches return None too, on every
-        rank, so no rank applies unsynchronised local gradients.
-      - DeepSpeed: Lightning refuses a None loss, so the returned loss is NaN; its NaN gradients make
-        DeepSpeed's ZeRO optimizer discard the step (invalid global grad norm), again on every rank.
+    How the step is skipped: training_step returns a NaN loss (Lightning refuses a None loss under
+    DDP and DeepSpeed), so every rank runs its backward and no collective is left waiting. Then
+      - DDP / single device: `drop_gradients` (called from `on_before_optimizer_step`) sets every
+        gradient to None, so the optimizer leaves every weight and its state untouched;
+      - DeepSpeed: its ZeRO optimizer sees a non-finite global gradient norm and discards the step.
+    Lightning still counts the step (global_step and the LR schedule advance). Under gradient
+    accumulation the NaN poisons the accumulated gradients, so the whole window is dropped, on
+    every rank alike.
 
     Args:
         max_consecutive: stop the run (NonFiniteLossError naming the step) after this many
@@ -59,11 +59,7 @@ class NonFiniteGuard:
         self.max_consecutive = max_consecutive
         self.skipped = 0        # total non-finite steps skipped in this run (kept across resumes)
         self.consecutive = 0
-        self._dropping_step: int | None = None  # global step whose accumulation window is dropped
-
-    def dropping(self, global_step: int) -> bool:
-        """True while the rest of an accumulation window with a non-finite loss is being dropped."""
-        return self._dropping_step == global_step
+        self._pending = False  # a skipped micro-batch in the current optimizer step's window
 
     def check(self, loss: torch.Tensor, strategy, global_step: int) -> bool:
         """True when this step must be skipped (some rank's loss is NaN/inf)."""
@@ -73,6 +69,7 @@ class NonFiniteGuard:
             return False
         self.skipped += 1
         self.consecutive += 1
+        self._pending = True
         if self.max_consecutive and self.consecutive >= self.max_consecutive:
             raise NonFiniteLossError(
                 f"non-finite loss in {self.consecutive} consecutive training steps, the last at global step "
@@ -82,17 +79,24 @@ class NonFiniteGuard:
                        f"({self.consecutive} in a row, {self.skipped} in total)")
         return True
 
-    def skip_output(self, loss: torch.Tensor, module: L.LightningModule) -> torch.Tensor | None:
-        """What training_step returns for a skipped step (see the class docstring)."""
+    @staticmethod
+    def skip_output(loss: torch.Tensor) -> torch.Tensor:
+        """What training_step returns for a skipped step: a NaN loss whose backward gives NaN
+        gradients everywhere it reaches (so DeepSpeed's overflow check fires even for an inf loss)."""
+        return loss * float("nan")
+
+    def drop_gradients(self, module: L.LightningModule) -> bool:
+        """Before the optimizer step: if this window had a skipped loss, clear the gradients (not
+        under DeepSpeed, whose optimizer discards the step itself). Returns whether it dropped."""
+        if not self._pending:
+            return False
+        self._pending = False
         from lightning.pytorch.strategies import DeepSpeedStrategy
 
-        if isinstance(module.trainer.strategy, DeepSpeedStrategy):
-            return loss * float("nan")
-        for p in module.parameters():
-            p.grad = None
-        if module.trainer.accumulate_grad_batches > 1:
-            self._dropping_step = module.trainer.global_step
-        return None
+        if not isinstance(module.trainer.strategy, DeepSpeedStrategy):
+            for p in module.parameters():
+                p.grad = None
+        return True
 
     def state_dict(self) -> dict:
         return {"skipped": self.skipped, "consecutive": self.consecutive}

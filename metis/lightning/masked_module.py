@@ -56,16 +56,14 @@ class MaskedGenerativeModule(L.LightningModule):
     def model_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError  # the two subclasses below are the only implementations
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         guard = self.nonfinite_guard
-        if guard.dropping(self.trainer.global_step):  # rest of an accumulation window with a NaN loss
-            return None
         loss, stats = self.model_step(batch)
         n_valid = stats.pop("n_valid")
         log = dict(on_step=True, on_epoch=False, batch_size=int(stats["n_masked"].clamp(min=1)))
         if guard.check(loss, self.trainer.strategy, self.trainer.global_step):
             self.log("train/nonfinite_skipped", float(guard.skipped), **log)
-            return guard.skip_output(loss, self)
+            return guard.skip_output(loss)
         self.log("train/nonfinite_skipped", float(guard.skipped), **log)
         self.log("train/loss", loss, prog_bar=True, **log)
         for name, value in stats.items():
@@ -81,6 +79,9 @@ class MaskedGenerativeModule(L.LightningModule):
             elapsed = time.perf_counter() - self._step_start
             self.log("train/tokens_per_s", n_valid.float() * self.trainer.world_size / max(elapsed, 1e-9), prog_bar=True, **log)
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.nonfinite_guard.drop_gradients(self)  # a NaN/inf loss in this window: no update
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_start = time.perf_counter()

@@ -53,7 +53,8 @@ def test_every_trainer_preset_composes(trainer, tmp_path):
     strategy = node.get("strategy")
     if trainer.startswith("deepspeed"):
         made = instantiate(strategy)
-        assert made.config["zero_optimization"]["stage"] == int(trainer[-1])
+        assert made.config["zero_optimization"]["stage"] == int(trainer.removesuffix("_offload")[-1])
+        assert ("offload_optimizer" in made.config["zero_optimization"]) == trainer.endswith("_offload")
     else:
         assert strategy == {"ddp": "ddp", "gpu": None}[trainer]
 

@@ -1,0 +1,101 @@
+"""Training checkpoint (Lightning `.ckpt` file or DeepSpeed ZeRO folder) -> published safetensors.
+
+    python -m metis.checkpoints.convert outputs/run/checkpoints/last.ckpt out/metis_base --kind metis_base
+    python -m metis.checkpoints.convert outputs/run/checkpoints/step00010000.ckpt out/step10k   # the net's keys as trained
+
+Writes `<out_dir>/model.safetensors` atomically (metadata: kind, global step, source) and, when the
+run folder holds an export's `config.json` (`<run>/export/config.json`), copies it beside the weights.
+With `--kind`, the tensors written are the part a file of that kind holds (`model`: everything;
+`lora`: the lora_A/lora_B tensors of a LoRA run; `adapter`: model.cond_adapter.*), and their key
+names (layer indices aside) must be exactly the published ones, else the error lists the keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from metis.checkpoints.deepspeed import NET_PREFIX, training_checkpoint_state
+from metis.checkpoints.io import CheckpointMismatchError, save_safetensors
+
+_PART_FILTERS = {
+    "model": lambda k: True,
+    "lora": lambda k: ".lora_" in k,
+    "adapter": lambda k: ".cond_adapter." in f".{k}",
+}
+
+
+def select_kind(state_dict: dict[str, torch.Tensor], kind: str, source: str) -> dict[str, torch.Tensor]:
+    """The tensors a file of `kind` holds, checked against the published key layout."""
+    from metis.checkpoints import published
+
+    spec = published.kind_spec(kind)
+    sd = {k: v for k, v in state_dict.items() if _PART_FILTERS[spec.part](k)}
+    reference = published.key_pattern(published.file_state_dict(published.build(kind, "meta"), kind))
+    got = published.key_pattern(sd)
+    if got != reference:
+        raise CheckpointMismatchError(f"{source} as {kind!r}", missing=reference - got, unexpected=got - reference,
+                                      note="key patterns ('#' = any layer index) differ from the published layout; "
+                                           "a LoRA checkpoint without frozen weights converts only to a 'lora'/'adapter' kind")
+    return sd
+
+
+def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, kind: str | None = None,
+            prefix: str = NET_PREFIX, filename: str = "model.safetensors") -> Path:
+    """Convert `checkpoint` into `out_dir/filename`; returns the written path."""
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    sd, info = training_checkpoint_state(checkpoint, prefix)
+    if kind is not None:
+        sd = select_kind(sd, kind, str(checkpoint))
+    meta = {"format": "pt", "metis.source": str(checkpoint)}
+    if kind is not None:
+        meta["metis.kind"] = kind
+    if "global_step" in info:
+        meta["global_step"] = str(int(info["global_step"]))
+    path = save_safetensors(sd, out_dir / filename, metadata=meta)
+    run_config = _run_config(checkpoint)
+    if run_config is not None and filename == "model.safetensors":
+        tmp = out_dir / ".config.json.tmp"
+        shutil.copyfile(run_config, tmp)
+        os.replace(tmp, out_dir / "config.json")
+    return path
+
+
+def _run_config(checkpoint: Path) -> Path | None:
+    """`<run>/export/config.json` for a checkpoint at `<run>/checkpoints/<name>`."""
+    candidate = checkpoint.resolve().parent.parent / "export" / "config.json"
+    return candidate if candidate.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m metis.checkpoints.convert", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", help="a Lightning .ckpt file or a DeepSpeed checkpoint folder (e.g. last.ckpt/)")
+    ap.add_argument("out_dir", help="folder for model.safetensors (+ config.json)")
+    ap.add_argument("--kind", default=None, help="published kind to check the keys against (e.g. metis_base, maskgct_s2a_full)")
+    ap.add_argument("--prefix", default=NET_PREFIX, help=f"module prefix to strip (default {NET_PREFIX!r}; '' keeps all keys)")
+    ap.add_argument("--filename", default="model.safetensors", help="output file name inside out_dir")
+    args = ap.parse_args(argv)
+    try:
+        path = convert(args.checkpoint, args.out_dir, args.kind, args.prefix, args.filename)
+    except (FileNotFoundError, ValueError, KeyError, CheckpointMismatchError) as exn:
+        print(f"error: {exn}", file=sys.stderr)
+        return 2
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        n = len(list(f.keys()))
+        meta = f.metadata()
+    print(json.dumps({"written": str(path), "tensors": n, "global_step": meta.get("global_step"),
+                      "kind": meta.get("metis.kind")}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
