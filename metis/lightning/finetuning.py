@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -28,10 +29,12 @@ def _validate(trainer: L.Trainer, module, datamodule) -> dict[str, float]:
 
 def finetune_once(cfg: DictConfig) -> dict:
     """One fine-tuning run; returns metrics, held-out accuracy before/after, and the written paths."""
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     rank_zero_info(f"instantiating data <{cfg.data._target_}>")
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, _convert_="all")  # plain lists in its hparams: checkpoints load weights_only
     rank_zero_info(f"instantiating {cfg.task.name} fine-tune <{cfg.model._target_}> with net <{cfg.model.net._target_}>, init={cfg.init}")
     module = instantiate(cfg.model)
     rank_zero_info(f"{cfg.task.name}: {module.summary}")

@@ -97,7 +97,7 @@ class SyntheticSpeechDataModule(L.LightningDataModule):
         return _Cycle(self.train)
 
     def val_dataloader(self):
-        return list(self.val)
+        return _Fixed(self.val)
 
 
 class _Cycle:
@@ -107,3 +107,16 @@ class _Cycle:
     def __iter__(self):
         while True:
             yield from self.batches
+
+
+class _Fixed:
+    """One pass over fixed batches (a plain list would read as several dataloaders)."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)

@@ -1,0 +1,149 @@
+"""FinetuneModule: parameter counts at the real size, a short fine-tune per task (loss falls, frozen
+base bit-identical, exports reload strictly and give the trained module's outputs), init errors."""
+
+import json
+from functools import partial
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from metis.checkpoints.io import CheckpointMismatchError, load_into, save_safetensors
+from metis.checkpoints.lora import load_split
+from metis.lightning.conditioning import SEConditions, TTSConditions
+from metis.lightning.finetune_module import ExportFinetuned, FinetuneModule, load_init
+from metis.models.metis_stage1 import MetisStage1
+from safetensors.torch import load_file
+from tests.finetune.synthetic_speech import make_batch
+
+SUMMARY = json.loads(open("tests/fixtures/layouts/SUMMARY.json").read())
+TINY_NET = dict(hidden_size=32, num_layers=2, num_heads=2, cond_codebook_size=16, norm_init="unit")
+
+
+def _meta_module(task, r, **net_kwargs):
+    with torch.device("meta"):
+        net = MetisStage1(ft_type=None if task == "tts" else task, **net_kwargs)
+    conditioner = TTSConditions() if task == "tts" else SEConditions(degrader=None)
+    return FinetuneModule(net, conditioner, partial(torch.optim.AdamW), task=task, init="amphion/metis",
+                          peft={"method": "lora", "r": r} if r else {"method": "full"})
+
+
+@pytest.mark.parametrize("task,r", [("se", 32), ("tse", 32), ("vc", 16)])
+def test_parameter_counts_at_real_size(task, r):
+    module = _meta_module(task, r)
+    assert module.n_trainable == SUMMARY[f"lora_plus_adapter_{task}"]
+    assert module.n_total == SUMMARY[f"ckpt_lorawrapped_{task}__{task}"]["total_numel"]
+    if task == "se":
+        assert module.n_trainable == 33_824_257 and module.n_total == 759_769_089
+        assert module.summary == "LoRA r=32 + adapter: 33.8M of 759.8M trainable"
+
+
+def test_full_and_omni_counts_at_real_size():
+    full = _meta_module("vc", 0)
+    assert full.n_trainable == full.n_total == SUMMARY["ckpt_full_vc__ft"]["total_numel"]
+    omni = _meta_module("omni", 0, use_phone_cond=True)
+    assert omni.n_total == SUMMARY["ckpt_full_omni__omni"]["total_numel"]
+    tts = _meta_module("tts", 32, use_phone_cond=True)
+    assert tts.summary.startswith("LoRA r=32 + phone modules:")
+    assert tts.n_trainable == 32 * 565_248 + (tts.n_total - 32 * 565_248 - SUMMARY["metis_stage1_base__metis_base_model_safetensors"]["total_numel"])
+
+
+@pytest.fixture
+def base_file(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "base" / "model.safetensors"
+    save_safetensors(MetisStage1(**TINY_NET).state_dict(), path)
+    return path
+
+
+def _step_loss(module, inputs, seed=0):
+    torch.manual_seed(seed)
+    return module.step_on(inputs)[0]
+
+
+@pytest.mark.parametrize("task", ["se", "tse", "vc", "l2s", "tts", "omni"])
+def test_short_lora_finetune_per_task(task, tiny_cfg, tok, base_file, tmp_path):
+    cfg = tiny_cfg(f"task={task}", f"init={base_file}", "peft=lora", "peft.r=4")
+    module = instantiate(cfg.model)
+    module.setup("fit")
+    frozen = {n: p.detach().clone() for n, p in module.net.named_parameters() if not p.requires_grad}
+    assert frozen and all("lora_" not in n for n in frozen)
+    batch = make_batch(tok, 4, seed=3, vis_dim=768 if task == "l2s" else 0)
+    if task == "omni":
+        module.conditioner.weights = torch.tensor([1.0 if n == "tse" else 0.0 for n in module.conditioner.names],
+                                                  dtype=torch.float64)
+    module.conditioner(make_batch(tok, 3, seed=2, vis_dim=768 if task == "l2s" else 0), module.extractor,
+                       torch.Generator().manual_seed(0))  # reservoir prompts for tse/vc
+    inputs = module.build_inputs(batch, seed=5, split="train")
+    if task in ("se", "tse", "vc", "l2s", "omni"):
+        assert inputs.finetune_cond.shape[:2] == inputs.x0.shape
+    opt = torch.optim.AdamW([p for p in module.net.parameters() if p.requires_grad], lr=3e-3)
+    before = float(_step_loss(module, inputs))
+    for i in range(25):
+        opt.zero_grad()
+        _step_loss(module, inputs, seed=100 + i).backward()
+        opt.step()
+    after = float(_step_loss(module, inputs))
+    assert after < before - 0.05, (before, after)
+    for n, p in module.net.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), f"frozen {n} changed"
+
+    # export, reload strictly, same outputs as the trained module (eval: no LoRA dropout)
+    export = ExportFinetuned(str(tmp_path / "export"), model_config=OmegaConf.to_container(cfg.model.net, resolve=True))
+    paths = export.export(SimpleNamespace(global_step=25, is_global_zero=True), module)
+    module.eval()
+    kwargs = inputs.model_kwargs()
+    torch.manual_seed(9)
+    expected = module.net(**kwargs).logits
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    net_kwargs = {k: v for k, v in config.items() if k != "_target_"}
+    merged = load_into(MetisStage1(**net_kwargs), load_file(str(paths["model"])), source=str(paths["model"])).eval()
+    torch.manual_seed(9)
+    assert torch.allclose(merged(**kwargs).logits, expected, atol=1e-4)
+    if task in ("se", "tse", "vc", "l2s"):
+        assert set(paths) == {"model", "lora", "adapter"}
+        split = load_split(base_file, paths["adapter"], paths["lora"], net_kwargs, r=4).eval()
+        torch.manual_seed(9)
+        assert torch.allclose(split(**kwargs).logits, expected, atol=1e-4)
+    else:
+        assert "adapter" not in paths or task == "omni"
+
+
+def test_full_finetune_trains_everything(tiny_cfg, tok, base_file):
+    module = instantiate(tiny_cfg("task=se", f"init={base_file}", "peft=full").model)
+    assert module.n_trainable == module.n_total and module.summary.startswith("full fine-tune")
+
+
+def test_init_loads_base_strictly_and_keeps_new_modules_fresh(base_file):
+    net = MetisStage1(ft_type="se", cond_dim=160, **TINY_NET)
+    info = load_init(net, base_file)
+    assert info["new"] and all(k.startswith("cond_adapter.") for k in info["new"])
+    assert float(net.cond_adapter.gate_scale) == 0.0
+    base = load_file(str(base_file))
+    assert torch.equal(net.cond_emb.weight, base["cond_emb.weight"])
+
+
+def test_init_errors_name_the_file_and_keys(tmp_path, base_file):
+    net = MetisStage1(ft_type="se", cond_dim=160, **TINY_NET)
+    with pytest.raises(FileNotFoundError, match="python train.py"):
+        load_init(net, tmp_path / "outputs/demo/export")
+    sd = load_file(str(base_file))
+    del sd["cond_emb.weight"]
+    bad = tmp_path / "bad.safetensors"
+    save_safetensors(sd, bad)
+    with pytest.raises(CheckpointMismatchError, match="cond_emb.weight") as err:
+        load_init(net, bad)
+    assert str(bad) in str(err.value)
+    (tmp_path / "exp").mkdir()
+    save_safetensors(load_file(str(base_file)), tmp_path / "exp" / "model.safetensors")
+    (tmp_path / "exp" / "config.json").write_text(json.dumps({"hidden_size": 64}))
+    with pytest.raises(ValueError, match="hidden_size: 64"):
+        load_init(net, tmp_path / "exp")
+    with pytest.raises(FileNotFoundError, match="neither"):
+        load_init(net, tmp_path)
+    big = MetisStage1(ft_type="se", cond_dim=160, **{**TINY_NET, "hidden_size": 64})
+    with pytest.raises(CheckpointMismatchError, match="mis-shaped"):
+        load_init(big, base_file)
