@@ -1,0 +1,42 @@
+"""Every fine-tuning config composes; every task config instantiates (tiny model); the presets mirror
+the published fine-tunes."""
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from tests.finetune.conftest import CONFIG_DIR, compose_finetune
+
+EXPERIMENTS = sorted(p.stem for p in Path(CONFIG_DIR, "experiment").glob("*.yaml")
+                     if p.stem.startswith(("demo_", "base_")) and "_" in p.stem)
+PUBLISHED = {"base_se_lora": ("se", "lora", 32), "base_tse_lora": ("tse", "lora", 32), "base_vc_lora": ("vc", "lora", 16),
+             "base_vc_full": ("vc", "full", None), "base_tts_full": ("tts", "full", None),
+             "base_l2s_full": ("l2s", "full", None), "base_omni_full": ("omni", "full", None)}
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes(name):
+    cfg = compose_finetune([f"experiment={name}"])
+    assert cfg.model._target_.endswith("FinetuneModule") and cfg.model.task == cfg.task.name
+    if name in PUBLISHED:
+        task, method, r = PUBLISHED[name]
+        assert (cfg.task.name, cfg.peft.method, cfg.peft.get("r")) == (task, method, r)
+        assert cfg.model.net.hidden_size == 1536 and cfg.init == "amphion/metis"
+        if task in ("se", "tse", "vc", "omni"):
+            assert cfg.model.net.cond_dim == 1024 and cfg.model.features == "semantic"
+
+
+def test_published_presets_exist():
+    assert set(PUBLISHED) <= set(EXPERIMENTS) and {"demo_se", "demo_tse"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("task", ["tts", "vc", "tse", "se", "l2s", "omni"])
+def test_task_config_instantiates(task, tiny_cfg):
+    cfg = tiny_cfg(f"task={task}", "peft=lora", "peft.r=2")
+    module = instantiate(cfg.model)
+    assert module.task == task and module.conditioner.task == task
+    assert module.plain_net.ft_type == (None if task == "tts" else task)
+    assert module.plain_net.use_phone_cond == (task in ("tts", "omni"))
+    if task == "l2s":
+        assert type(module.plain_net.cond_adapter).__name__ == "Sequential"
