@@ -66,7 +66,7 @@ def train(cfg: DictConfig) -> dict:
         L.seed_everything(cfg.seed, workers=True)
 
     rank_zero_info(f"instantiating data <{cfg.data._target_}>")
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, _convert_="all")  # plain containers in its hparams: checkpoints load with weights_only=True
     rank_zero_info(f"instantiating model <{cfg.model._target_}> with net <{cfg.model.net._target_}>")
     module = instantiate(cfg.model)
     n_params = sum(p.numel() for p in module.net.parameters())

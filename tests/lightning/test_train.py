@@ -93,3 +93,20 @@ def test_fresh_run_refuses_to_overwrite_existing_checkpoints(tiny_cfg):
 def test_last_without_checkpoint_is_a_clear_error(tiny_cfg):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train(tiny_cfg("ckpt_path=last"))
+
+
+def test_shard_data_fit_and_resume(tiny_cfg, tmp_path):
+    """Token shards through ShardDataModule: fit, checkpoint, and resume (hparams stay loadable
+    with weights_only=True), with the token budget respected."""
+    from tests.data.conftest import write_corpus
+
+    for split, n in (("train", 3), ("val", 1)):
+        (tmp_path / split).mkdir()
+        write_corpus(tmp_path / split, n, 8, audio=False, prefix=split)
+    data = ["data=shards", f"data.train_shards={tmp_path / 'train'}", f"data.val_shards={tmp_path / 'val'}",
+            "data.codebook_size=512", "data.max_tokens=800", "data.max_dur=6.0", "data.num_workers=0",
+            "data.val_num_workers=0", "callbacks.model_checkpoint.every_n_train_steps=4"]
+    first = train(tiny_cfg(*data))
+    assert first["global_step"] == 8 and torch.isfinite(torch.tensor(first["metrics"]["val/loss"]))
+    second = train(tiny_cfg(*data, "trainer.max_steps=10", "ckpt_path=last"))
+    assert second["global_step"] == 10
