@@ -3,17 +3,21 @@ corpus built on demand.
 
 Training streams are endless and resampled (no rank runs dry); validation is finite and deterministic.
 Batches are token-budgeted (`max_tokens` frames per device, padding included) inside the pipeline.
+Validation batches are equalised across ranks (`EqualBatches`); a resumed run re-seeds the train
+stream (`stream_seed`) so it never replays the order it started with (docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Sequence
 
 import lightning as L
 
 from metis.data.loader import build_loader
+from metis.lightning.fault_tolerance import EqualBatches
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -65,7 +69,8 @@ class ShardDataModule(L.LightningDataModule):
         return build_loader(
             shards, mode=mode, max_tokens=h.max_tokens if mode == "train" else (h.val_max_tokens or h.max_tokens),
             fields=tuple(h.fields), num_workers=h.num_workers if mode == "train" else h.val_num_workers,
-            seed=h.seed, tokenizer_identity=self.tokenizer_identity, min_dur=h.min_dur, max_dur=h.max_dur,
+            seed=self.stream_seed() if mode == "train" else h.seed,
+            tokenizer_identity=self.tokenizer_identity, min_dur=h.min_dur, max_dur=h.max_dur,
             shuffle_buffer=h.shuffle_buffer, max_batch_size=h.max_batch_size,
             rank=trainer.global_rank if trainer else None, world_size=trainer.world_size if trainer else None)
 
@@ -75,4 +80,29 @@ class ShardDataModule(L.LightningDataModule):
     def val_dataloader(self):
         if not self.val_shards:
             return []
-        return self._loader(self.val_shards, "val")
+        # Finite per-rank streams differ in length: stop every rank when one runs dry (no hang).
+        return EqualBatches(self._loader(self.val_shards, "val"))
+
+    # ---- data position across resumes ------------------------------------------------------------
+    # The train stream is endless and resampled; replaying it exactly after a resume would mean
+    # re-reading every consumed sample. Instead each resume re-seeds it from (seed, resume count):
+    # a resumed run draws a fresh shard order and shuffle and never repeats the run's first batches.
+    # The checkpoint records the seed, the resume count and the batches each rank had consumed.
+    _resumes: int = 0
+
+    def stream_seed(self) -> int:
+        """The train stream's seed: `seed` on a fresh run, a derived one after the n-th resume."""
+        if self._resumes == 0:
+            return int(self.hparams.seed)
+        return random.Random(f"{self.hparams.seed}/resume/{self._resumes}").getrandbits(31)
+
+    def state_dict(self) -> dict:
+        trainer = self.trainer
+        done = trainer.fit_loop.epoch_loop.batch_progress.total.processed if trainer is not None else 0
+        return {"seed": int(self.hparams.seed), "resumes": self._resumes,
+                "batches_consumed_per_rank": int(done)}  # Lightning's counter, restored on resume
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        self._resumes = int(state["resumes"]) + 1

@@ -36,9 +36,27 @@ class NaNInjectingStage1(Stage1PretrainModule):
         return loss, stats
 
 
-def weights_digest(module: torch.nn.Module) -> str:
+class LoRAStage1(Stage1PretrainModule):
+    """Stage-1 module whose net is wrapped in peft LoRA (rank `lora_r`) right away: a tiny LoRA run."""
+
+    def __init__(self, net, *args, lora_r: int = 4, **kwargs):
+        from metis.checkpoints.lora import wrap_lora
+
+        super().__init__(wrap_lora(net, r=lora_r, trainable_modules=()), *args, **kwargs)
+
+
+def weights_digest(module: torch.nn.Module, trainer=None) -> str:
+    """sha256 of the module's weights; under DeepSpeed of the gathered fp32 master weights (a collective)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    if trainer is not None and isinstance(trainer.strategy, DeepSpeedStrategy):
+        from metis.checkpoints.deepspeed import gathered_state_dict
+
+        state = gathered_state_dict(module)
+    else:
+        state = module.state_dict()
     h = hashlib.sha256()
-    for name, value in sorted(module.state_dict().items()):
+    for name, value in sorted(state.items()):
         h.update(name.encode())
         h.update(value.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()
@@ -64,14 +82,14 @@ class Probe(L.Callback):
         return self.dirpath / f"probe_rank{trainer.global_rank}.jsonl"
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        self._before = weights_digest(module) if self.digest else None
+        self._before = weights_digest(module, trainer) if self.digest else None
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         guard = getattr(module, "nonfinite_guard", None)
         rec = {"batch_idx": batch_idx, "step": trainer.global_step, "ids": batch_ids(batch),
                "loss": None if loss is None else float(loss), "skipped": guard.skipped if guard else None,
-               "before": self._before, "after": weights_digest(module) if self.digest else None}
+               "before": self._before, "after": weights_digest(module, trainer) if self.digest else None}
         with open(self._file(trainer), "a") as f:
             f.write(json.dumps(rec) + "\n")
 

@@ -161,3 +161,25 @@ def test_data_position_resumes_exactly(tiny_cfg, tmp_path):
     assert [r["ids"] for r in got] == [r["ids"] for r in want]
     for g, w in zip(got, want):
         assert g["loss"] == pytest.approx(w["loss"], rel=1e-5, abs=1e-6), (g["step"], g["loss"], w["loss"])
+
+
+def test_shard_stream_is_reseeded_on_every_resume_and_val_is_equalised(monkeypatch):
+    import metis.lightning.datamodule as dm_mod
+
+    seeds = []
+    monkeypatch.setattr(dm_mod, "build_loader", lambda shards, **kw: seeds.append((kw["mode"], kw["seed"])) or [kw["mode"]])
+    dm = dm_mod.ShardDataModule(train_shards="a.tar", val_shards="b.tar", seed=7)
+    dm.train_dataloader()
+    assert isinstance(dm.val_dataloader(), EqualBatches)
+    state = dm.state_dict()
+    assert state == {"seed": 7, "resumes": 0, "batches_consumed_per_rank": 0}
+    again = dm_mod.ShardDataModule(train_shards="a.tar", val_shards="b.tar", seed=7)
+    again.load_state_dict(state)
+    again.train_dataloader()
+    third = dm_mod.ShardDataModule(train_shards="a.tar", seed=7)
+    third.load_state_dict(again.state_dict())
+    third.train_dataloader()
+    train_seeds = [s for mode, s in seeds if mode == "train"]
+    assert train_seeds[0] == 7 and len(set(train_seeds)) == 3  # a new order after each resume
+    assert [s for mode, s in seeds if mode == "val"] == [7]  # validation stays deterministic
+    assert third.stream_seed() == third.stream_seed()  # reproducible

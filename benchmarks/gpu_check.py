@@ -1,0 +1,231 @@
+"""One short GPU check of the paper-size stage-1 model (16 x 1536, ~726M parameters), needing only torch
+(+ deepspeed for the ZeRO-2 rows, + peft for the LoRA row; each missing one is reported and skipped).
+
+    python benchmarks/gpu_check.py                  # ~200 steps per row on one GPU, a few minutes
+    python benchmarks/gpu_check.py --quick          # 20 steps per row
+    python benchmarks/gpu_check.py --device cpu --tiny --steps 3   # dry run of the same code on CPU
+
+Rows (synthetic SSL tokens, 10K tokens per GPU per step = `--batch` x `--frames`, bf16):
+    zero2            DeepSpeed ZeRO-2, bf16, AdamW, gradient checkpointing off
+    zero2_ckpt       the same with gradient checkpointing on (activation memory <-> recompute)
+    lora_r32         peft LoRA r=32 (alpha 64) on the 7 projections of every layer, base frozen,
+                     plain torch bf16 autocast + AdamW over the LoRA tensors
+
+Per row: tokens/s (timed steps after `--warmup`), step time, peak GPU memory
+(torch.cuda.max_memory_allocated), and model FLOPs utilisation
+
+    MFU = 6 * N * tokens_per_s / peak_flops
+
+with N the parameters the forward uses (all of them, also for LoRA: its backward still runs through the
+frozen weights, about 2/3 of 6N FLOPs, so LoRA's MFU by this formula is an overestimate of useful
+work), 6 = 2 forward + 4 backward FLOPs per parameter per token, attention score FLOPs left out (at
+1000-frame sequences they add ~ 12·L·T·d / 6N ≈ 6 %), and peak_flops the card's dense bf16 peak
+(H100/H200 SXM 989e12, A100 312e12; `--peak-tflops` overrides). Gradient checkpointing recomputes the
+forward (8N instead of 6N actually executed) but MFU counts 6N either way, as is customary.
+
+Prints one JSON line per row and a table; `--out file.json` writes them too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from metis.lightning.metrics import masked_token_loss  # noqa: E402  (torch only)
+from metis.models.metis_stage1 import MetisStage1  # noqa: E402  (torch only)
+
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "RTX 4090": 165.0}
+TINY = dict(hidden_size=64, num_layers=2, num_heads=4, cond_codebook_size=64)
+
+
+def peak_tflops(device: torch.device, override: float | None) -> float | None:
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_BF16_TFLOPS.items():
+        if key in name:
+            return value
+    return None
+
+
+def build_net(args, checkpointing: bool) -> MetisStage1:
+    kw = dict(TINY) if args.tiny else {}
+    torch.manual_seed(0)
+    return MetisStage1(**kw, gradient_checkpointing=checkpointing, norm_init="unit")
+
+
+def batch(args, vocab: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = torch.randint(0, vocab, (args.batch, args.frames), device=device)
+    return tokens, torch.ones(args.batch, args.frames, device=device)
+
+
+def loss_of(net, tokens, mask) -> torch.Tensor:
+    out = net(tokens, mask)
+    loss, _ = masked_token_loss(out.logits.float(), tokens, out.final_mask)
+    return loss
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step, args, device: torch.device) -> dict:
+    """Run `warmup` + `steps` calls of `step()`; time the latter."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(args.warmup):
+        loss = step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        loss = step()
+    _sync(device)
+    dt = (time.perf_counter() - t0) / args.steps
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {"step_s": dt, "tokens_per_s": args.batch * args.frames / dt, "peak_mem_gib": peak, "last_loss": float(loss)}
+
+
+def row_zero2(args, device: torch.device, checkpointing: bool) -> dict:
+    try:
+        import deepspeed
+    except ImportError:
+        return {"skipped": "deepspeed is not installed (pip install deepspeed): ZeRO-2 rows need it"}
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29561")
+    net = build_net(args, checkpointing).to(device)
+    n_params = sum(p.numel() for p in net.parameters())
+    bf16 = args.dtype == "bf16"
+    config = {
+        "train_micro_batch_size_per_gpu": args.batch,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+        "bf16": {"enabled": bf16},
+        "zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True,
+                              "reduce_bucket_size": 2e8, "allgather_bucket_size": 2e8},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+    }
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01,
+                                  fused=device.type == "cuda")
+    engine, _, _, _ = deepspeed.initialize(model=net, optimizer=optimizer, config=config,
+                                           dist_init_required=True)
+    tokens, mask = batch(args, net.cond_codebook_size, device)
+
+    def step():
+        loss = loss_of(engine, tokens, mask)
+        engine.backward(loss)
+        engine.step()
+        return loss.detach()
+
+    result = timed(step, args, device)
+    result.update(params=n_params, trainable=n_params)
+    del engine, optimizer, net
+    return result
+
+
+def row_lora(args, device: torch.device) -> dict:
+    try:
+        from metis.checkpoints.lora import wrap_lora
+    except ImportError as exn:
+        return {"skipped": f"LoRA row needs peft and safetensors ({exn})"}
+    net = build_net(args, checkpointing=False).to(device)
+    n_params = sum(p.numel() for p in net.parameters())
+    wrapped = wrap_lora(net, r=args.lora_r, trainable_modules=())
+    trainable = [p for p in wrapped.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=device.type == "cuda")
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    tokens, mask = batch(args, net.cond_codebook_size, device)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = loss_of(wrapped, tokens, mask)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    result = timed(step, args, device)
+    result.update(params=n_params + sum(p.numel() for p in trainable), trainable=sum(p.numel() for p in trainable))
+    del wrapped, optimizer, net
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--steps", type=int, default=200, help="timed steps per row")
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--quick", action="store_true", help="20 timed steps, 3 warm-up steps per row")
+    ap.add_argument("--tiny", action="store_true", help="a tiny model (CPU dry run of the code paths)")
+    ap.add_argument("--batch", type=int, default=10, help="sequences per GPU per step")
+    ap.add_argument("--frames", type=int, default=1000, help="frames per sequence (batch x frames = tokens per GPU)")
+    ap.add_argument("--dtype", choices=["bf16", "fp32"], default=None, help="default: bf16 on GPU, fp32 on CPU")
+    ap.add_argument("--lora-r", type=int, default=32)
+    ap.add_argument("--rows", default="zero2,zero2_ckpt,lora_r32")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16 peak (for MFU)")
+    ap.add_argument("--out", default=None, help="also write the rows to this JSON file")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup = 20, 3
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no GPU (use --device cpu --tiny for a dry run)", file=sys.stderr)
+        return 2
+    if device.type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    args.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    peak = peak_tflops(device, args.peak_tflops)
+    info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
+            "tokens_per_step": args.batch * args.frames, "dtype": args.dtype, "steps": args.steps, "peak_tflops": peak}
+    print(json.dumps({"setup": info}), flush=True)
+    rows = {}
+    for name in args.rows.split(","):
+        t0 = time.perf_counter()
+        if name == "zero2":
+            r = row_zero2(args, device, checkpointing=False)
+        elif name == "zero2_ckpt":
+            r = row_zero2(args, device, checkpointing=True)
+        elif name == "lora_r32":
+            r = row_lora(args, device)
+        else:
+            print(f"error: unknown row {name!r} (zero2, zero2_ckpt, lora_r32)", file=sys.stderr)
+            return 2
+        if "tokens_per_s" in r and peak:
+            r["mfu"] = 6 * r["params"] * r["tokens_per_s"] / (peak * 1e12)
+        r["wall_s"] = time.perf_counter() - t0
+        rows[name] = r
+        print(json.dumps({name: r}), flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print(f"\n{'row':<12} {'tokens/s':>10} {'step s':>8} {'peak GiB':>9} {'MFU':>6}  params (trainable)")
+    for name, r in rows.items():
+        if "skipped" in r:
+            print(f"{name:<12} skipped: {r['skipped']}")
+            continue
+        mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
+        mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
+        print(f"{name:<12} {r['tokens_per_s']:>10.0f} {r['step_s']:>8.3f} {mem:>9} {mfu:>6}  "
+              f"{r['params'] / 1e6:.1f}M ({r['trainable'] / 1e6:.2f}M)")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"setup": info, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
