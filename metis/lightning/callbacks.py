@@ -14,6 +14,13 @@ from metis.checkpoints.deepspeed import gathered_state_dict
 from metis.checkpoints.io import save_safetensors
 
 
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON through a temporary file and `os.replace`: readers never see a partial file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
 class ExportSafetensors(L.Callback):
     """Write `model.safetensors` (the net's state_dict, published key names) and `config.json`
     (the net's constructor config) at the end of training and, optionally, every N steps.
@@ -44,9 +51,7 @@ class ExportSafetensors(L.Callback):
             state = module.net.state_dict() if state is None else state
             save_safetensors(state, path, metadata={"global_step": str(trainer.global_step)})
             if self.model_config is not None:
-                tmp = self.dirpath / ".config.json.tmp"
-                tmp.write_text(json.dumps(self.model_config, indent=2))
-                os.replace(tmp, self.dirpath / "config.json")
+                write_json_atomic(self.dirpath / "config.json", self.model_config)
             rank_zero_info(f"exported weights at step {trainer.global_step} to {path}")
         self.last_path = path
         return path

@@ -35,6 +35,7 @@ from torch import nn
 from metis.checkpoints.io import CheckpointMismatchError, check_state_dict, load_into, resolve, save_safetensors
 from metis.checkpoints.lora import (ADAPTER_MODULE, TTS_TRAINABLE, adapter_state_dict, lora_state_dict,
                                     merged_state_dict, wrap_lora)
+from metis.lightning.callbacks import ExportSafetensors, write_json_atomic
 from metis.lightning.conditioning import ConditionBuilder, TaskInputs
 from metis.lightning.masked_module import MaskedGenerativeModule
 from metis.lightning.metrics import masked_token_loss
@@ -341,7 +342,7 @@ class FinetuneModule(MaskedGenerativeModule):
 
 # ---------------------------------------------------------------------------------------- export
 
-class ExportFinetuned(L.Callback):
+class ExportFinetuned(ExportSafetensors):
     """Write the fine-tuned model at the end of training (and every N steps when asked).
 
     Files in `dirpath`:
@@ -360,10 +361,7 @@ class ExportFinetuned(L.Callback):
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 0, model_config: dict | None = None):
-        self.dirpath = Path(dirpath)
-        self.every_n_train_steps = every_n_train_steps
-        self.model_config = model_config
-        self.last_path: Path | None = None
+        super().__init__(dirpath, every_n_train_steps, model_config)
         self.written: dict[str, Path] = {}
 
     def export(self, trainer: L.Trainer, module: FinetuneModule) -> dict[str, Path]:
@@ -384,26 +382,12 @@ class ExportFinetuned(L.Callback):
             else:
                 merged = net.state_dict()
             save_safetensors(merged, paths["model"], meta)
-            _write_json(d / "finetune.json", {**module.run_record(), "global_step": trainer.global_step,
+            write_json_atomic(d / "finetune.json", {**module.run_record(), "global_step": trainer.global_step,
                                                "init_file": module.init_info.get("file")})
             if self.model_config is not None:
-                _write_json(d / "config.json", self.model_config)
+                write_json_atomic(d / "config.json", self.model_config)
             rank_zero_info(f"exported the fine-tuned model at step {trainer.global_step} to {d}: "
                            + ", ".join(p.name for p in paths.values()))
         self.last_path = paths["model"]
         self.written = paths
         return paths
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        n = self.every_n_train_steps
-        if n and trainer.global_step > 0 and trainer.global_step % n == 0:
-            self.export(trainer, module)
-
-    def on_train_end(self, trainer, module) -> None:
-        self.export(trainer, module)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)

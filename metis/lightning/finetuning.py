@@ -8,16 +8,11 @@ from random init, and prints both rows: what pre-training buys.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
-import torch
-from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from metis.lightning.finetune_module import ExportFinetuned
-from metis.lightning.training import instantiate_group, resolve_ckpt_path
+from metis.lightning.training import build_run, run_paths
 
 
 def _validate(trainer: L.Trainer, module, datamodule) -> dict[str, float]:
@@ -29,42 +24,20 @@ def _validate(trainer: L.Trainer, module, datamodule) -> dict[str, float]:
 
 def finetune_once(cfg: DictConfig) -> dict:
     """One fine-tuning run; returns metrics, held-out accuracy before/after, and the written paths."""
-    if cfg.get("num_threads"):
-        torch.set_num_threads(int(cfg.num_threads))
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-    rank_zero_info(f"instantiating data <{cfg.data._target_}>")
-    datamodule = instantiate(cfg.data, _convert_="all")  # plain lists in its hparams: checkpoints load weights_only
-    rank_zero_info(f"instantiating {cfg.task.name} fine-tune <{cfg.model._target_}> with net <{cfg.model.net._target_}>, init={cfg.init}")
-    module = instantiate(cfg.model)
-    rank_zero_info(f"{cfg.task.name}: {module.summary}")
-    print(f"{cfg.task.name}: {module.summary}", flush=True)
-
-    callbacks = instantiate_group(cfg.get("callbacks"))
-    for cb in callbacks:
-        if isinstance(cb, ExportFinetuned) and cb.model_config is None:
-            cb.model_config = OmegaConf.to_container(cfg.model.net, resolve=True)
-    loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-
-    checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_dir)
+    run = build_run(cfg)
+    module, trainer, datamodule = run.module, run.trainer, run.datamodule
+    print(f"{cfg.task.name}: {module.summary} (init={cfg.init})", flush=True)
     before = {}
-    if ckpt_path:
-        rank_zero_info(f"resuming from {ckpt_path}")
-    elif cfg.get("validate_before"):
+    if not run.ckpt_path and cfg.get("validate_before"):
         before = _validate(trainer, module, datamodule)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=run.ckpt_path)
     after = _validate(trainer, module, datamodule) if cfg.get("validate_after") else {}
 
-    export = next((cb for cb in callbacks if isinstance(cb, ExportFinetuned)), None)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    export = next((cb for cb in run.callbacks if isinstance(cb, ExportFinetuned)), None)
     result = {
+        **run_paths(run),
         "task": cfg.task.name, "init": str(cfg.init), "summary": module.summary,
-        "trainable": module.n_trainable, "total": module.n_total,
-        "metrics": metrics, "before": before, "after": after, "global_step": trainer.global_step,
-        "checkpoint_dir": str(checkpoint_dir),
-        "last_checkpoint": str(checkpoint_dir / "last.ckpt") if (checkpoint_dir / "last.ckpt").exists() else None,
+        "trainable": module.n_trainable, "total": module.n_total, "before": before, "after": after,
         "exported": {k: str(v) for k, v in export.written.items()} if export else {},
         "module": module,
     }

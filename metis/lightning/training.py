@@ -6,9 +6,11 @@ fit (fresh or resumed), and report where the checkpoint and the exported weights
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
@@ -60,8 +62,23 @@ def instantiate_group(group: DictConfig | None) -> list:
     return out
 
 
-def train(cfg: DictConfig) -> dict:
-    """Fit the configured module; returns the final metrics and the run's paths."""
+@dataclass
+class Run:
+    """Everything a recipe fits: built from the config by `build_run`."""
+
+    datamodule: L.LightningDataModule
+    module: L.LightningModule
+    callbacks: list
+    trainer: L.Trainer
+    checkpoint_dir: Path
+    ckpt_path: str | None  # the checkpoint to resume from, or None for a fresh run
+
+
+def build_run(cfg: DictConfig) -> Run:
+    """Threads and seed, then data, module, callbacks, loggers and trainer from the config (shared by
+    the pre-training and fine-tuning recipes)."""
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -69,8 +86,6 @@ def train(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data, _convert_="all")  # plain containers in its hparams: checkpoints load with weights_only=True
     rank_zero_info(f"instantiating model <{cfg.model._target_}> with net <{cfg.model.net._target_}>")
     module = instantiate(cfg.model)
-    n_params = sum(p.numel() for p in module.net.parameters())
-    rank_zero_info(f"net parameters: {n_params / 1e6:.2f}M")
 
     callbacks = instantiate_group(cfg.get("callbacks"))
     for cb in callbacks:
@@ -83,19 +98,29 @@ def train(cfg: DictConfig) -> dict:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_dir)
     if ckpt_path:
         rank_zero_info(f"resuming from {ckpt_path}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    return Run(datamodule, module, callbacks, trainer, checkpoint_dir, ckpt_path)
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    export = next((cb.last_path for cb in callbacks if isinstance(cb, ExportSafetensors)), None)
-    result = {
-        "metrics": metrics,
-        "global_step": trainer.global_step,
-        "checkpoint_dir": str(checkpoint_dir),
-        "last_checkpoint": str(checkpoint_dir / "last.ckpt") if (checkpoint_dir / "last.ckpt").exists() else None,
+
+def run_paths(run: Run) -> dict:
+    """Final metrics and where the run's checkpoint and export are."""
+    last = run.checkpoint_dir / "last.ckpt"
+    export = next((cb.last_path for cb in run.callbacks if isinstance(cb, ExportSafetensors)), None)
+    return {
+        "metrics": {k: float(v) for k, v in run.trainer.callback_metrics.items() if v.numel() == 1},
+        "global_step": run.trainer.global_step,
+        "checkpoint_dir": str(run.checkpoint_dir),
+        "last_checkpoint": str(last) if last.exists() else None,
         "exported": str(export) if export else None,
-        "val_history": list(module.val_history),
     }
-    if trainer.is_global_zero:
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit the configured module; returns the final metrics and the run's paths."""
+    run = build_run(cfg)
+    rank_zero_info(f"net parameters: {sum(p.numel() for p in run.module.net.parameters()) / 1e6:.2f}M")
+    run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=run.ckpt_path)
+    result = {**run_paths(run), "val_history": list(run.module.val_history)}
+    if run.trainer.is_global_zero:
         print_summary(result)
     return result
 

@@ -80,7 +80,15 @@ def test_every_data_preset_instantiates(data, tmp_path):
     assert isinstance(instantiate(cfg.data), L.LightningDataModule)
 
 
-@pytest.mark.parametrize("experiment", GROUP("experiment"))
+PRETRAIN_EXPERIMENTS = [name for name in GROUP("experiment")  # the others are fine-tuning presets (tests/finetune)
+                        if "override /task" not in (Path(CONFIG_DIR) / "experiment" / f"{name}.yaml").read_text()]
+
+
+def test_pretraining_experiments_are_found():
+    assert {"metis_pretrain", "s2a_pretrain"} <= set(PRETRAIN_EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", PRETRAIN_EXPERIMENTS)
 def test_every_experiment_composes_and_resolves(experiment, tmp_path):
     cfg = compose_train([f"experiment={experiment}", *NEEDS_SHARDS], root=tmp_path)
     OmegaConf.to_container(cfg, resolve=True)  # no dangling interpolation
