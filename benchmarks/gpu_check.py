@@ -29,6 +29,7 @@ Prints one JSON line per row and a table; `--out file.json` writes them too.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -101,7 +102,10 @@ def row_zero2(args, device: torch.device, checkpointing: bool) -> dict:
     try:
         import deepspeed
     except ImportError:
-        return {"skipped": "deepspeed is not installed (pip install deepspeed): ZeRO-2 rows need it"}
+        print("note: deepspeed is not installed: this row runs plain torch (bf16 autocast, fp32 weights, AdamW) "
+              "instead of ZeRO-2; on one GPU ZeRO-2 shards nothing, so throughput is comparable, memory is not",
+              file=sys.stderr, flush=True)
+        return row_torch(args, device, checkpointing)
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
@@ -133,8 +137,32 @@ def row_zero2(args, device: torch.device, checkpointing: bool) -> dict:
         return loss.detach()
 
     result = timed(step, args, device)
-    result.update(params=n_params, trainable=n_params)
+    result.update(params=n_params, trainable=n_params, engine="deepspeed zero2")
     del engine, optimizer, net
+    return result
+
+
+def row_torch(args, device: torch.device, checkpointing: bool) -> dict:
+    """The same step without DeepSpeed: fp32 weights, bf16 autocast, AdamW, gradient clipping."""
+    net = build_net(args, checkpointing).to(device)
+    n_params = sum(p.numel() for p in net.parameters())
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01,
+                                  fused=device.type == "cuda")
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    tokens, mask = batch(args, net.cond_codebook_size, device)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = loss_of(net, tokens, mask)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    result = timed(step, args, device)
+    result.update(params=n_params, trainable=n_params, engine="torch amp (deepspeed not installed)")
+    del optimizer, net
     return result
 
 
@@ -161,7 +189,8 @@ def row_lora(args, device: torch.device) -> dict:
         return loss.detach()
 
     result = timed(step, args, device)
-    result.update(params=n_params + sum(p.numel() for p in trainable), trainable=sum(p.numel() for p in trainable))
+    result.update(params=n_params + sum(p.numel() for p in trainable), trainable=sum(p.numel() for p in trainable),
+                  engine="torch amp + peft lora")
     del wrapped, optimizer, net
     return result
 
@@ -197,24 +226,30 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for name in args.rows.split(","):
         t0 = time.perf_counter()
-        if name == "zero2":
-            r = row_zero2(args, device, checkpointing=False)
-        elif name == "zero2_ckpt":
-            r = row_zero2(args, device, checkpointing=True)
-        elif name == "lora_r32":
-            r = row_lora(args, device)
-        else:
-            print(f"error: unknown row {name!r} (zero2, zero2_ckpt, lora_r32)", file=sys.stderr)
+        runs = {"zero2": lambda: row_zero2(args, device, checkpointing=False),
+                "zero2_ckpt": lambda: row_zero2(args, device, checkpointing=True),
+                "lora_r32": lambda: row_lora(args, device),
+                "torch": lambda: row_torch(args, device, checkpointing=False)}
+        if name not in runs:
+            print(f"error: unknown row {name!r} ({', '.join(runs)})", file=sys.stderr)
             return 2
+        try:
+            r = runs[name]()
+        except Exception as exn:  # e.g. out of memory: report it, keep the other rows
+            r = {"error": f"{type(exn).__name__}: {str(exn)[:300]}"}
         if "tokens_per_s" in r and peak:
             r["mfu"] = 6 * r["params"] * r["tokens_per_s"] / (peak * 1e12)
         r["wall_s"] = time.perf_counter() - t0
         rows[name] = r
         print(json.dumps({name: r}), flush=True)
+        gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     print(f"\n{'row':<12} {'tokens/s':>10} {'step s':>8} {'peak GiB':>9} {'MFU':>6}  params (trainable)")
     for name, r in rows.items():
+        if "error" in r:
+            print(f"{name:<12} failed: {r['error']}")
+            continue
         if "skipped" in r:
             print(f"{name:<12} skipped: {r['skipped']}")
             continue

@@ -22,6 +22,7 @@ from torch import nn
 
 from metis.lightning.fault_tolerance import NonFiniteGuard
 from metis.lightning.metrics import masked_token_loss
+from metis.lightning.strategies import optimizer_for_strategy
 
 
 class MaskedGenerativeModule(L.LightningModule):
@@ -129,6 +130,7 @@ class MaskedGenerativeModule(L.LightningModule):
             (decay if wants_decay else no_decay).append(p)
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = self.optimizer_factory(params=[g for g in groups if g["params"]])
+        optimizer = optimizer_for_strategy(optimizer, self._trainer)  # ZeRO-Offload needs DeepSpeed's CPU Adam
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)

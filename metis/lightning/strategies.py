@@ -1,4 +1,4 @@
-"""Strategy-aware glue for runs with frozen weights (LoRA) and for exporting under DeepSpeed.
+"""Strategy-aware glue: DeepSpeed runs with frozen weights (LoRA), and ZeRO-Offload optimizers.
 
 Lightning's DeepSpeedStrategy writes every parameter of the module into each checkpoint, frozen
 ones included: for a LoRA fine-tune of the 760M model that is the whole base model, every
@@ -16,6 +16,7 @@ loads when it is built. Non-DeepSpeed runs are left alone: there the module's ow
 from __future__ import annotations
 
 import lightning as L
+import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -29,6 +30,29 @@ def deepspeed_zero_stage(trainer: L.Trainer) -> int | None:
     if not is_deepspeed(trainer):
         return None
     return int(trainer.strategy.config.get("zero_optimization", {}).get("stage", 0))
+
+
+def offloads_optimizer(trainer: L.Trainer) -> bool:
+    """True for a DeepSpeed run whose optimizer state lives on the CPU (the *_offload presets)."""
+    if not is_deepspeed(trainer):
+        return False
+    offload = trainer.strategy.config.get("zero_optimization", {}).get("offload_optimizer") or {}
+    return offload.get("device", "none") not in ("none", None)
+
+
+def optimizer_for_strategy(optimizer: torch.optim.Optimizer, trainer: L.Trainer | None) -> torch.optim.Optimizer:
+    """DeepSpeed's ZeRO-Offload refuses torch optimizers (their step on the CPU is slow): a torch
+    Adam/AdamW becomes `deepspeed.ops.adam.DeepSpeedCPUAdam` with the same parameter groups and
+    hyperparameters. Anything else is returned unchanged."""
+    if trainer is None or not offloads_optimizer(trainer) or type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
+        return optimizer
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    d = optimizer.defaults
+    groups = [{k: v for k, v in g.items() if k in ("params", "lr", "betas", "eps", "weight_decay")} for g in optimizer.param_groups]
+    rank_zero_info(f"ZeRO-Offload: {type(optimizer).__name__} -> DeepSpeedCPUAdam (same groups and hyperparameters)")
+    return DeepSpeedCPUAdam(groups, lr=d["lr"], betas=d["betas"], eps=d["eps"], weight_decay=d["weight_decay"],
+                            adamw_mode=isinstance(optimizer, torch.optim.AdamW))
 
 
 def frozen_parameter_count(module: L.LightningModule) -> tuple[int, int]:

@@ -88,3 +88,17 @@ def test_zero2_lora_checkpoints_hold_only_trainable_tensors(tmp_path, capsys):
     # A plain-model kind is refused with the missing (frozen) keys named.
     assert convert_main([str(last), str(tmp_path / "bad"), "--kind", "metis_base"]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_offload_presets_fit_resume_and_convert(stage, tmp_path, capsys):
+    """trainer=deepspeed_stage_N_offload: the module's AdamW becomes DeepSpeedCPUAdam (ZeRO-Offload refuses
+    torch optimizers); fit, resume, convert."""
+    common = [*deepspeed_overrides(stage, 1, offload=True), "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+              "callbacks.model_checkpoint.every_n_train_steps=2"]
+    first = run_train(tmp_path, "off", *common, "trainer.max_steps=4", timeout=900)
+    assert "DeepSpeedCPUAdam" in first.stdout + first.stderr
+    run_train(tmp_path, "off", *common, "trainer.max_steps=6", "ckpt_path=last", timeout=900)
+    last = tmp_path / "outputs" / "off" / "checkpoints" / "last.ckpt"
+    assert convert_main([str(last), str(tmp_path / "converted")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["global_step"] == "6"
