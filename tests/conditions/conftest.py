@@ -15,7 +15,7 @@ import soundfile as sf
 import torch
 
 SR = 16000
-SHARED_AUDIO = Path(__file__).resolve().parents[2].parent / "shared" / "audio"
+from tests import SHARED_AUDIO
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -12,7 +12,7 @@ from metis.data.prepare import discover, prepare, split_points
 from metis.data.shards import iter_tar
 from tests.data.conftest import tone
 
-SHARED_AUDIO = Path(__file__).resolve().parents[3] / "shared" / "audio"
+from tests import SHARED_AUDIO
 
 
 def read_all(out_dir):

@@ -2,13 +2,12 @@
 and generated speech-like signals with known properties."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-SHARED_AUDIO = Path(__file__).resolve().parents[2].parent / "shared" / "audio"
+from tests import SHARED_AUDIO
 CLIPS = {
     "260": "libritts_260_123440_000010_000004",
     "5142": "libritts_5142_33396_000002_000004",

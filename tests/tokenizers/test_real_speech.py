@@ -1,4 +1,4 @@
-"""Frame arithmetic on real LibriTTS speech (24 kHz) from /work/shared/audio; skipped when absent.
+"""Frame arithmetic on real LibriTTS speech (24 kHz) from ../shared/audio; skipped when absent.
 
 Random (tiny-width) weights: only the lengths are under test, and they depend on the strides and the
 ISTFT hop (the released 3*4*5*8 = 480 and n_fft 1920), not on the widths.
@@ -14,7 +14,7 @@ from metis.models.acoustic_codec import CodecDecoder, CodecEncoder
 from metis.tokenizers.semantic import semantic_num_frames
 from tests.tokenizers.conftest import TINY_DECODER, TINY_ENCODER
 
-AUDIO = Path("/work/shared/audio")
+from tests import SHARED_AUDIO as AUDIO
 FILES = sorted(AUDIO.glob("libritts_*.wav"))
 pytestmark = pytest.mark.skipif(not FILES, reason=f"no libritts_*.wav under {AUDIO} (shared real-speech folder absent)")
 
