@@ -2,12 +2,12 @@
 and generated speech-like signals with known properties."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import soundfile as sf
 
 from tests import SHARED_AUDIO
+
 CLIPS = {
     "260": "libritts_260_123440_000010_000004",
     "5142": "libritts_5142_33396_000002_000004",
