@@ -10,6 +10,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from metis.data.shards import TOKENIZER_MEMBER, audio_ext
+
 
 class AudioError(ValueError):
     """Audio that cannot be used; `reason` is a SkipCounter reason."""
@@ -72,3 +74,22 @@ def encode_flac(wav: np.ndarray, sr: int) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, np.clip(wav, -1.0, 1.0), sr, format="FLAC", subtype="PCM_16")
     return buf.getvalue()
+
+
+def decoded_samples(samples, skipped, require_json: bool = False):
+    """(sample, wav, sr) for each decodable audio sample of a shard's samples (the tokenizer member
+    skipped); a sample without audio (or json, when required) or with undecodable audio is counted
+    in `skipped` under its reason and passed over."""
+    for sample in samples:
+        if sample["__key__"] == TOKENIZER_MEMBER:
+            continue
+        ext = audio_ext(sample)
+        if ext is None or (require_json and "json" not in sample):
+            skipped["missing_field"] += 1
+            continue
+        try:
+            wav, sr = decode(sample[ext])
+        except AudioError as exn:
+            skipped[exn.reason] += 1
+            continue
+        yield sample, wav, sr

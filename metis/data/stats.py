@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from metis.data import audio as A
-from metis.data.shards import TOKENIZER_MEMBER, audio_ext, expand_shards, iter_tar
+from metis.data.shards import expand_shards, iter_tar
 
 
 class RunningStats:
@@ -105,18 +105,8 @@ def compute_stats(shards: str | Sequence[str], extractor, out_path: str | os.Pat
 
     bar = tqdm(total=len(urls), desc="stats", unit="shard", disable=not progress)
     for url in urls:
-        for s in iter_tar(url, handler=lambda e: skipped.update(["shard_error"]) or True):
-            if s["__key__"] == TOKENIZER_MEMBER:
-                continue
-            ext = audio_ext(s)
-            if ext is None:
-                skipped["missing_field"] += 1
-                continue
-            try:
-                wav, sr = A.decode(s[ext])
-            except A.AudioError as exn:
-                skipped[exn.reason] += 1
-                continue
+        samples = iter_tar(url, handler=lambda e: skipped.update(["shard_error"]) or True)
+        for _, wav, sr in A.decoded_samples(samples, skipped):
             batch.append(A.resample(wav, sr, extractor.sample_rate))
             batch_s += len(wav) / sr
             seconds += len(wav) / sr

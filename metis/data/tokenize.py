@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from metis.data import audio as A
-from metis.data.shards import TOKENIZER_MEMBER, ShardWriter, audio_ext, expand_shards, iter_tar, npy_bytes, read_tokenizers
+from metis.data.shards import ShardWriter, expand_shards, iter_tar, npy_bytes, read_tokenizers
 
 TOKEN_MEMBERS = ("sem.npy", "ac.npy")
 
@@ -99,18 +99,7 @@ def tokenize_shard(src: str, dst: Path, tokenizer, acoustic=None, *, keep_audio:
             return True
 
         secs = 0.0
-        for sample in iter_tar(src, handler=handler):
-            if sample["__key__"] == TOKENIZER_MEMBER:
-                continue
-            ext = audio_ext(sample)
-            if ext is None or "json" not in sample:
-                skipped["missing_field"] += 1
-                continue
-            try:
-                wav, sr = A.decode(sample[ext])
-            except A.AudioError as exn:
-                skipped[exn.reason] += 1
-                continue
+        for sample, wav, sr in A.decoded_samples(iter_tar(src, handler=handler), skipped, require_json=True):
             pending.append((sample, wav, sr))
             secs += len(wav) / sr
             if secs >= batch_seconds:
