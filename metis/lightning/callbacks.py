@@ -61,5 +61,6 @@ class ExportSafetensors(L.Callback):
         if n and trainer.global_step > 0 and trainer.global_step % n == 0:
             self.export(trainer, module)
 
-    def on_train_end(self, trainer, module) -> None:
+    def on_fit_end(self, trainer, module) -> None:
+        # After every on_train_end hook, so weight averaging (callbacks=ema) has copied its average in.
         self.export(trainer, module)

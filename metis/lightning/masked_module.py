@@ -84,6 +84,11 @@ class MaskedGenerativeModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         self.nonfinite_guard.drop_gradients(self)  # a NaN/inf loss in this window: no update
 
+    def on_fit_start(self) -> None:
+        # The frozen tokenizer (on-the-fly tokenization) runs where the model runs.
+        if self.tokenizer is not None and hasattr(self.tokenizer, "to"):
+            self.tokenizer.to(self.device)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_start = time.perf_counter()
 

@@ -104,3 +104,11 @@ def test_cli_prints_the_resolved_job_config():
                          cwd=Path(CONFIG_DIR).parent, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "hidden_size: 96" in out.stdout and "max_steps: 7" in out.stdout
+
+
+@pytest.mark.parametrize("tokenizer", GROUP("tokenizer"))
+def test_every_tokenizer_preset_lands_in_the_module_config(tokenizer, tmp_path):
+    cfg = compose_train([f"tokenizer={tokenizer}", "data=shards_audio", *NEEDS_SHARDS], root=tmp_path)
+    assert cfg.model.tokenizer._target_.startswith("metis.tokenizers.")
+    assert list(cfg.data.fields) == ["wav16"]
+    OmegaConf.to_container(cfg, resolve=True)

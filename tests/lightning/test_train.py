@@ -110,3 +110,49 @@ def test_shard_data_fit_and_resume(tiny_cfg, tmp_path):
     assert first["global_step"] == 8 and torch.isfinite(torch.tensor(first["metrics"]["val/loss"]))
     second = train(tiny_cfg(*data, "trainer.max_steps=10", "ckpt_path=last"))
     assert second["global_step"] == 10
+
+
+def test_on_the_fly_tokenization_of_raw_audio_shards(tiny_cfg, tmp_path):
+    """Shards without tokens: the module tokenizes raw 16 kHz audio with its frozen tokenizer."""
+    from metis.tokenizers.kmeans import KMeansConfig, KMeansTokenizer
+    from tests.data.conftest import tone, write_corpus
+
+    wavs = [torch.from_numpy(tone(2.0, seed=i)) for i in range(6)]
+    KMeansTokenizer.fit(wavs, KMeansConfig(n_clusters=16, seed=0)).save(tmp_path / "tok")
+    for split, n in (("train", 2), ("val", 1)):
+        (tmp_path / split).mkdir()
+        write_corpus(tmp_path / split, n, 6, sem=False, prefix=split)
+    cfg = tiny_cfg("data=shards_audio", f"data.train_shards={tmp_path / 'train'}", f"data.val_shards={tmp_path / 'val'}",
+                   "data.codebook_size=16", "data.max_tokens=800", "data.max_dur=6.0", "data.num_workers=0",
+                   "data.val_num_workers=0", "tokenizer=demo", f"model.tokenizer.directory={tmp_path / 'tok'}",
+                   "trainer.max_steps=4", "trainer.val_check_interval=2", "callbacks=none")
+    result = train(cfg)
+    assert result["global_step"] == 4 and torch.isfinite(torch.tensor(result["metrics"]["val/loss"]))
+
+
+def test_audio_batch_without_tokenizer_is_a_clear_error(tiny_cfg):
+    from hydra.utils import instantiate
+
+    module = instantiate(tiny_cfg().model)
+    with pytest.raises(KeyError, match="no 'sem' tokens"):
+        module.semantic_tokens({"wav16": torch.zeros(1, 16000), "wav16_lens": torch.tensor([16000])})
+
+
+def test_ema_run_exports_the_averaged_weights(tiny_cfg, monkeypatch):
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    seen = []
+    original = L.Trainer.__init__
+
+    def capture(self, *args, callbacks=None, **kwargs):
+        seen.extend(cb for cb in callbacks or [] if isinstance(cb, EMAWeightAveraging))
+        original(self, *args, callbacks=callbacks, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "__init__", capture)
+    result = train(tiny_cfg("callbacks=ema", "callbacks.ema.decay=0.5"))
+    (ema,) = seen
+    exported = load_file(result["exported"])
+    averaged = {k[len("net."):]: v for k, v in ema._average_model.module.state_dict().items() if k.startswith("net.")}
+    assert exported.keys() == averaged.keys()
+    for name, value in averaged.items():
+        assert torch.equal(exported[name], value), name
