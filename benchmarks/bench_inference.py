@@ -1,4 +1,4 @@
-"""Real-time factor of inference per task, faithful versus fast mode, at tiny and mid model sizes (CPU).
+"""Real-time factor of inference per task, faithful versus fast mode, at tiny, mid and released model sizes.
 
     python benchmarks/bench_inference.py                      # tiny: all tasks; mid: tts (~3 min on 1 shared core)
     python benchmarks/bench_inference.py --sizes mid --tasks all --threads 2 --device cuda
@@ -12,12 +12,17 @@ acoustic tokens between the two modes (same seed; both draw noise from CPU gener
 pipeline's fast mode draws on the model's device by default, which changes the random stream on GPU).
 
 Sizes: tiny = stage 1 / S2A hidden 64 x 2 layers; mid = hidden 512 x 8 layers x 8 heads, 8192 semantic
-codes, 12 x 1024 acoustic codes; the released models are 1536 x 16 (stage 1) and 1024 x 16 (S2A).
+codes, 12 x 1024 acoustic codes; both with a small Vocos decoder (128 x 4 layers). released = the
+released sizes: stage 1 1536 x 16 layers x 16 heads, S2A 1024 x 16 x 16, 8192 semantic codes, and the
+codec decoder at its default (released) size (256 channels, Vocos 512 x 30 layers):
+
+    python benchmarks/bench_inference.py --sizes released --tasks tts --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
@@ -31,6 +36,9 @@ from metis.models.s2a import MaskGCTS2A
 SIZES = {
     "tiny": dict(hidden=64, layers=2, heads=4, vocab=1024),
     "mid": dict(hidden=512, layers=8, heads=8, vocab=8192),
+    # stage 1 1536 x 16, S2A 1024 x 16 (s2a_* override hidden/layers/heads), codec decoder at its defaults
+    "released": dict(hidden=1536, layers=16, heads=16, vocab=8192, s2a_hidden=1024, s2a_layers=16, s2a_heads=16,
+                     decoder={}),
 }
 DECODER = dict(in_channels=32, num_quantizers=12, codebook_size=1024, codebook_dim=8, vocos_dim=128,
                vocos_intermediate_dim=384, vocos_num_layers=4, n_fft=1920, hop_size=480)
@@ -41,9 +49,9 @@ class _Decoder:
 
     num_quantizers = 12
 
-    def __init__(self, device):
+    def __init__(self, device, config: dict | None = None):
         self.device = device
-        self.decoder = CodecDecoder(**DECODER).eval().to(device)
+        self.decoder = CodecDecoder(**(DECODER if config is None else config)).eval().to(device)
 
     @torch.no_grad()
     def decode(self, codes):
@@ -60,8 +68,8 @@ def build(size: str, device) -> tuple[dict, MaskGCTS2A, MaskGCTS2A]:
         "l2s": MetisStage1(**common, ft_type="l2s", cond_dim=768),
     }
     stage1["tse"] = stage1["vc"] = stage1["se"]
-    s2a = dict(hidden_size=s["hidden"], num_layers=s["layers"], num_heads=s["heads"], codebook_size=1024,
-               cond_codebook_size=s["vocab"])
+    s2a = dict(hidden_size=s.get("s2a_hidden", s["hidden"]), num_layers=s.get("s2a_layers", s["layers"]),
+               num_heads=s.get("s2a_heads", s["heads"]), codebook_size=1024, cond_codebook_size=s["vocab"])
     return stage1, MaskGCTS2A(num_quantizer=1, **s2a), MaskGCTS2A(num_quantizer=12, predict_layer_1=False, **s2a)
 
 
@@ -82,8 +90,10 @@ def make_item(task: str, vocab: int, prompt_frames: int, target_frames: int) -> 
 
 
 def run(size: str, tasks, device, prompt_s: float, target_s: float) -> list[dict]:
-    stage1, s1, sf = build(size, device)
-    decoder = _Decoder(device)
+    # on a GPU, build (and randomly initialise) the models there: the released sizes take minutes on a few CPU cores
+    with torch.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        stage1, s1, sf = build(size, device)
+        decoder = _Decoder(device, SIZES[size].get("decoder"))
     rows = []
     for task in tasks:
         target = int(target_s * 50) * (2 if task == "se" else 1)

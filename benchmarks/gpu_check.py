@@ -23,6 +23,9 @@ work), 6 = 2 forward + 4 backward FLOPs per parameter per token, attention score
 (H100/H200 SXM 989e12, A100 312e12; `--peak-tflops` overrides). Gradient checkpointing recomputes the
 forward (8N instead of 6N actually executed) but MFU counts 6N either way, as is customary.
 
+On CUDA each row runs in a fresh subprocess (`--in-process` to run all in one): DeepSpeed leaves GPU
+memory allocated after its row, which would otherwise count in the next row's peak.
+
 Prints one JSON line per row and a table; `--out file.json` writes them too.
 """
 
@@ -32,7 +35,9 @@ import argparse
 import gc
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,9 +88,11 @@ def _sync(device: torch.device) -> None:
 
 def timed(step, args, device: torch.device) -> dict:
     """Run `warmup` + `steps` calls of `step()`; time the latter."""
+    start = None
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device) / 2**30
     for _ in range(args.warmup):
         loss = step()
     _sync(device)
@@ -95,7 +102,8 @@ def timed(step, args, device: torch.device) -> dict:
     _sync(device)
     dt = (time.perf_counter() - t0) / args.steps
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"step_s": dt, "tokens_per_s": args.batch * args.frames / dt, "peak_mem_gib": peak, "last_loss": float(loss)}
+    return {"step_s": dt, "tokens_per_s": args.batch * args.frames / dt, "peak_mem_gib": peak, "mem_at_start_gib": start,
+            "last_loss": float(loss)}
 
 
 def row_zero2(args, device: torch.device, checkpointing: bool) -> dict:
@@ -209,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", default="zero2,zero2_ckpt,lora_r32")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16 peak (for MFU)")
     ap.add_argument("--out", default=None, help="also write the rows to this JSON file")
+    ap.add_argument("--in-process", action="store_true",
+                    help="run all rows in this process (default on CUDA: one subprocess per row, so that memory a "
+                         "finished row leaves allocated, e.g. by DeepSpeed, does not count in the next row's peak)")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.warmup = 20, 3
@@ -224,7 +235,21 @@ def main(argv: list[str] | None = None) -> int:
             "tokens_per_step": args.batch * args.frames, "dtype": args.dtype, "steps": args.steps, "peak_tflops": peak}
     print(json.dumps({"setup": info}), flush=True)
     rows = {}
-    for name in args.rows.split(","):
+    names = args.rows.split(",")
+    if device.type == "cuda" and not args.in_process and len(names) > 1:
+        for i, name in enumerate(names):  # one fresh process per row (see --in-process)
+            t0 = time.perf_counter()
+            env = dict(os.environ, MASTER_PORT=os.environ.get("MASTER_PORT", str(29561 + i)))
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "row.json"
+                cmd = [sys.executable, str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv),
+                       "--rows", name, "--out", str(out)]
+                rc = subprocess.run(cmd, env=env).returncode
+                r = json.loads(out.read_text())["rows"][name] if out.exists() else {"error": f"row process exit {rc}"}
+            r["wall_s"] = time.perf_counter() - t0
+            rows[name] = r
+        names = []
+    for name in names:
         t0 = time.perf_counter()
         runs = {"zero2": lambda: row_zero2(args, device, checkpointing=False),
                 "zero2_ckpt": lambda: row_zero2(args, device, checkpointing=True),
