@@ -84,45 +84,76 @@ def wrap_lora(model: nn.Module, r: int = 32, alpha: float | None = None, dropout
     return wrapped
 
 
-def lora_state_dict(wrapped: nn.Module) -> dict[str, torch.Tensor]:
-    """The published LoRA file: every `lora_A`/`lora_B` tensor, keys `model.….lora_{A,B}.default.weight`."""
-    sd = _require_lora(wrapped).state_dict()
+def lora_state_dict(wrapped: nn.Module, state: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The published LoRA file: every `lora_A`/`lora_B` tensor, keys `model.….lora_{A,B}.default.weight`.
+
+    `state`: the wrapped model's full state dict to read instead of its own (e.g. gathered from the
+    ranks of a DeepSpeed run); default `wrapped.state_dict()`.
+    """
+    sd = _require_lora(wrapped).state_dict() if state is None else state
     return {k: v.detach() for k, v in sd.items() if ".lora_" in k}
 
 
-def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The published adapter file: `{"model.cond_adapter.<name>": tensor}` of a plain or wrapped model."""
-    adapter = getattr(_inner(model), ADAPTER_MODULE, None)
+def adapter_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The published adapter file: `{"model.cond_adapter.<name>": tensor}` of a plain or wrapped model.
+
+    `state`: the model's full state dict to read instead of its own (keys as `model.state_dict()`).
+    """
+    inner = _inner(model)
+    adapter = getattr(inner, ADAPTER_MODULE, None)
     if adapter is None:
-        raise ValueError(f"{type(_inner(model)).__name__} has no {ADAPTER_MODULE} (built with an ft_type without adapter?)")
+        raise ValueError(f"{type(inner).__name__} has no {ADAPTER_MODULE} (built with an ft_type without adapter?)")
     prefix = f"{WRAPPED_PREFIX}{ADAPTER_MODULE}."
-    return {prefix + k: v.detach() for k, v in adapter.state_dict().items()}
+    if state is None:
+        return {prefix + k: v.detach() for k, v in adapter.state_dict().items()}
+    own = f"{WRAPPED_PREFIX if isinstance(model, LoraModel) else ''}{ADAPTER_MODULE}."
+    out = {prefix + k[len(own):]: v.detach() for k, v in state.items() if k.startswith(own)}
+    if not out:
+        raise KeyError(f"state holds no {own}* key (first keys: {', '.join(list(state)[:5])})")
+    return out
 
 
-def merged_state_dict(wrapped: nn.Module) -> dict[str, torch.Tensor]:
+def merged_state_dict(wrapped: nn.Module, state: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Plain-model state dict with the active LoRA folded in: W + (α/r)·B·A for each target.
 
-    Same values as `merge_and_unload().state_dict()` (peft's own `get_delta_weight`), but
-    `wrapped` is left as it was, so training can go on.
+    Same values as `merge_and_unload().state_dict()`, but `wrapped` is left as it was, so training
+    can go on. Only the tensors of `state` are read (the layers give their scaling α/r), so a full
+    state dict gathered from DeepSpeed ranks merges without touching ZeRO-3's partitioned parameters.
+
+    Args:
+        wrapped: the peft LoraModel (from wrap_lora).
+        state: its full state dict (`wrapped.state_dict()` keys); default `wrapped.state_dict()`.
     """
     lora = _require_lora(wrapped)
-    inner = lora.model
+    sd = lora.state_dict() if state is None else state
     deltas = {}
-    for name, module in inner.named_modules():
-        if isinstance(module, LoraLayer) and not module.merged:
-            for adapter_name in module.active_adapters:
-                if adapter_name in module.lora_A:
-                    delta = module.get_delta_weight(adapter_name)
-                    deltas[f"{name}.weight"] = deltas.get(f"{name}.weight", 0) + delta
+    for name, module in lora.model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        if module.merged:
+            raise ValueError(f"{name}: the LoRA is merged into the base layer already; merged_state_dict expects an unmerged model")
+        for adapter_name in module.active_adapters:
+            if adapter_name not in module.lora_A:
+                continue
+            a = sd[f"{WRAPPED_PREFIX}{name}.lora_A.{adapter_name}.weight"].float()
+            b = sd[f"{WRAPPED_PREFIX}{name}.lora_B.{adapter_name}.weight"].float()
+            delta = (b @ a) * module.scaling[adapter_name]  # peft's get_delta_weight for a Linear
+            if module.fan_in_fan_out:
+                delta = delta.T
+            deltas[f"{name}.weight"] = deltas.get(f"{name}.weight", 0) + delta
     out = {}
     with torch.no_grad():
-        for key, value in inner.state_dict().items():
+        for key, value in sd.items():
             if ".lora_" in key:
                 continue
-            plain = key.replace(".base_layer.", ".")
+            if not key.startswith(WRAPPED_PREFIX):
+                raise KeyError(f"{key}: not a key of a LoraModel's state dict (expected the {WRAPPED_PREFIX!r} prefix)")
+            plain = key[len(WRAPPED_PREFIX):].replace(".base_layer.", ".")
             if plain in deltas:
-                value = (value + deltas[plain].to(value.dtype))
+                value = (value.float() + deltas.pop(plain)).to(value.dtype)
             out[plain] = value.detach()
+    if deltas:
+        raise KeyError(f"state lacks the base weights of LoRA targets: {sorted(deltas)[:5]}")
     return out
 
 

@@ -8,11 +8,13 @@
 Under LoRA the frozen base never changes, so the Lightning checkpoints hold only the trainable
 tensors (plus optimizer state and the base's sha256): `on_save_checkpoint` drops the frozen ones and
 `on_load_checkpoint` requires the same base, checks the trainable keys strictly and puts the frozen
-tensors back from the module before Lightning's strict load.
+tensors back from the module before Lightning's strict load. Under DeepSpeed the checkpoint is a
+folder DeepSpeed writes and restores itself (`TrainableOnlyCheckpoints` keeps the frozen tensors out
+of it): the run record is checked the same way, and there is no `state_dict` to check.
 
 `ExportFinetuned` writes the published files (`metis_{task}_lora_{r}.safetensors`,
 `metis_{task}_lora_{r}_adapter.safetensors`) and a merged full checkpoint (`model.safetensors` +
-`config.json`).
+`config.json`); under DeepSpeed from the fp32 weights gathered over all ranks.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from peft import LoraModel
 from safetensors.torch import load_file
 from torch import nn
 
+from metis.checkpoints.deepspeed import gathered_state_dict
 from metis.checkpoints.io import CheckpointMismatchError, check_state_dict, load_into, resolve, save_safetensors
 from metis.checkpoints.lora import (ADAPTER_MODULE, TTS_TRAINABLE, adapter_state_dict, lora_state_dict,
                                     merged_state_dict, wrap_lora)
@@ -39,6 +42,7 @@ from metis.lightning.callbacks import ExportSafetensors, write_json_atomic
 from metis.lightning.conditioning import ConditionBuilder, TaskInputs
 from metis.lightning.masked_module import MaskedGenerativeModule
 from metis.lightning.metrics import masked_token_loss
+from metis.lightning.strategies import is_deepspeed
 
 TASKS = ("tts", "vc", "tse", "se", "l2s", "omni")
 BASE_FILE = "metis_base/model.safetensors"  # inside a folder laid out like amphion/metis
@@ -239,6 +243,8 @@ class FinetuneModule(MaskedGenerativeModule):
 
     # ---- conditions --------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        if self.is_lora:
+            self.base_sha256()  # now, while every rank holds the whole base (DeepSpeed ZeRO-3 partitions it later)
         if self.extractor is None and self.features_spec and self.conditioner.uses_features:
             from metis.data.specs import load_tokenizer
 
@@ -296,6 +302,9 @@ class FinetuneModule(MaskedGenerativeModule):
             h = hashlib.sha256()
             for name, p in sorted(self.net.named_parameters()):
                 if not p.requires_grad:
+                    if hasattr(p, "ds_id"):  # a ZeRO-3 parameter: this rank holds a shard at most
+                        raise RuntimeError(f"base_sha256: {name} is partitioned by DeepSpeed ZeRO-3; the hash is taken "
+                                           f"in setup(), before the strategy partitions the model")
                     t = p.detach().cpu().contiguous()
                     h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
                     h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -332,6 +341,8 @@ class FinetuneModule(MaskedGenerativeModule):
         if saved["base_sha256"] != mine["base_sha256"]:
             raise ValueError(f"{source} holds LoRA tensors trained on another base (sha256 {saved['base_sha256'][:12]}… from "
                              f"init={saved['init']}); this run's base is init={mine['init']} (sha256 {mine['base_sha256'][:12]}…)")
+        if "state_dict" not in checkpoint:  # a DeepSpeed checkpoint: the engine has restored the tensors itself
+            return
         sd = checkpoint["state_dict"]
         check_state_dict({k: v.shape for k, v in self.state_dict().items() if k in self.trainable_keys()}, sd, source=source,
                          note="a LoRA checkpoint holds exactly the trainable tensors")
@@ -352,7 +363,9 @@ class ExportFinetuned(ExportSafetensors):
         metis_{task}_lora_{r}.safetensors           model.…lora_{A,B}.default.weight
         metis_{task}_lora_{r}_adapter.safetensors   model.cond_adapter.*
     which reload with `metis.checkpoints.lora.load_split(<init file>, adapter, lora, config, r, alpha)`.
-    All writes are atomic.
+    All files are cut from one full state dict of the net: under DeepSpeed (any ZeRO stage) the fp32
+    master weights gathered over all ranks (a collective: every rank calls `export`), else the net's
+    own. All writes are atomic.
 
     Args:
         dirpath: output folder.
@@ -368,19 +381,26 @@ class ExportFinetuned(ExportSafetensors):
         d = self.dirpath
         meta = {"global_step": str(trainer.global_step), "metis.task": module.task}
         paths = {"model": d / "model.safetensors"}
+        net = module.net
+        # ZeRO-3 ranks hold shards of the parameters: everything below reads this gathered state only.
+        state = gathered_state_dict(net) if is_deepspeed(trainer) else None
+        if module.is_lora:
+            cfg = net.peft_config["default"]
+            stem = f"metis_{module.task}_lora_{int(cfg.r)}"
+            paths["lora"] = d / f"{stem}.safetensors"
+            if getattr(net.model, ADAPTER_MODULE, None) is not None:
+                paths["adapter"] = d / f"{stem}_adapter.safetensors"
         if trainer.is_global_zero:
             d.mkdir(parents=True, exist_ok=True)
-            net = module.net
+            state = {k: v.detach() for k, v in net.state_dict().items()} if state is None else state
             if module.is_lora:
-                cfg = net.peft_config["default"]
                 lora_meta = {**meta, "metis.lora": json.dumps({"r": int(cfg.r), "lora_alpha": float(cfg.lora_alpha)})}
-                stem = f"metis_{module.task}_lora_{int(cfg.r)}"
-                paths["lora"] = save_safetensors(lora_state_dict(net), d / f"{stem}.safetensors", lora_meta)
-                if getattr(net.model, ADAPTER_MODULE, None) is not None:
-                    paths["adapter"] = save_safetensors(adapter_state_dict(net), d / f"{stem}_adapter.safetensors", lora_meta)
-                merged = merged_state_dict(net)
+                save_safetensors(lora_state_dict(net, state), paths["lora"], lora_meta)
+                if "adapter" in paths:
+                    save_safetensors(adapter_state_dict(net, state), paths["adapter"], lora_meta)
+                merged = merged_state_dict(net, state)
             else:
-                merged = net.state_dict()
+                merged = state
             save_safetensors(merged, paths["model"], meta)
             write_json_atomic(d / "finetune.json", {**module.run_record(), "global_step": trainer.global_step,
                                                "init_file": module.init_info.get("file")})

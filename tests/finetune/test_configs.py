@@ -19,6 +19,8 @@ PUBLISHED = {"base_se_lora": ("se", "lora", 32), "base_tse_lora": ("tse", "lora"
 def test_experiment_composes(name):
     cfg = compose_finetune([f"experiment={name}"])
     assert cfg.model._target_.endswith("FinetuneModule") and cfg.model.task == cfg.task.name
+    # DeepSpeed + LoRA: checkpoints of the trainable tensors only (a no-op outside DeepSpeed)
+    assert cfg.callbacks.trainable_only._target_ == "metis.lightning.strategies.TrainableOnlyCheckpoints"
     if name in PUBLISHED:
         task, method, r = PUBLISHED[name]
         assert (cfg.task.name, cfg.peft.method, cfg.peft.get("r")) == (task, method, r)

@@ -93,7 +93,7 @@ def test_short_lora_finetune_per_task(task, tiny_cfg, tok, base_file, tmp_path):
 
     # export, reload strictly, same outputs as the trained module (eval: no LoRA dropout)
     export = ExportFinetuned(str(tmp_path / "export"), model_config=OmegaConf.to_container(cfg.model.net, resolve=True))
-    paths = export.export(SimpleNamespace(global_step=25, is_global_zero=True), module)
+    paths = export.export(SimpleNamespace(global_step=25, is_global_zero=True, strategy=None), module)
     module.eval()
     kwargs = inputs.model_kwargs()
     torch.manual_seed(9)
@@ -147,3 +147,62 @@ def test_init_errors_name_the_file_and_keys(tmp_path, base_file):
     big = MetisStage1(ft_type="se", cond_dim=160, **{**TINY_NET, "hidden_size": 64})
     with pytest.raises(CheckpointMismatchError, match="mis-shaped"):
         load_init(big, base_file)
+
+
+def _lora_se(tiny_cfg, base_file):
+    return instantiate(tiny_cfg("task=se", f"init={base_file}", "peft=lora", "peft.r=4").model)
+
+
+def test_deepspeed_checkpoint_without_state_dict_checks_the_run_record(tiny_cfg, base_file, tmp_path):
+    """A DeepSpeed checkpoint hands the module only its client state (no "state_dict": the engine restores
+    the tensors): the run record is still checked, nothing is loaded, no state_dict is made up."""
+    module = _lora_se(tiny_cfg, base_file)
+    module.setup("fit")
+    client = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(client)
+    assert set(client["state_dict"]) == module.trainable_keys()
+    del client["state_dict"]  # what Lightning's DeepSpeedStrategy.save_checkpoint drops before the engine saves
+    with torch.no_grad():
+        module.net.model.cond_adapter.gate_scale.fill_(0.5)
+    module.on_load_checkpoint(client)
+    assert "state_dict" not in client
+    assert float(module.net.model.cond_adapter.gate_scale) == 0.5  # left to the engine
+
+    for key, value, match in [("r", 8, "r=8"), ("task", "tse", "task='tse'"), ("method", "full", "method='full'"),
+                              ("base_sha256", "0" * 64, "another base")]:
+        bad = {**client, "metis_finetune": {**client["metis_finetune"], key: value}}
+        with pytest.raises(ValueError, match=match):
+            module.on_load_checkpoint(bad)
+    with pytest.raises(ValueError, match="not a fine-tuning checkpoint"):
+        module.on_load_checkpoint({k: v for k, v in client.items() if k != "metis_finetune"})
+
+    full = instantiate(tiny_cfg("task=se", f"init={base_file}", "peft=full").model)
+    record = {}
+    full.on_save_checkpoint(record)
+    record.pop("state_dict", None)
+    full.on_load_checkpoint(record)  # a full fine-tune's DeepSpeed checkpoint: the record only
+    assert "state_dict" not in record
+
+
+def test_export_files_are_cut_from_the_given_state(tiny_cfg, base_file):
+    """lora / adapter / merged files come from the state dict passed in (DeepSpeed: the gathered one), not
+    from the module's parameters (ZeRO-3: shards)."""
+    from metis.checkpoints.lora import adapter_state_dict, lora_state_dict, merged_state_dict
+
+    net = _lora_se(tiny_cfg, base_file).net
+    own = {k: v.clone() for k, v in net.state_dict().items()}
+    state = {k: v.clone() + (1.0 if (".lora_B." in k or "cond_adapter" in k) and v.is_floating_point() else 0.0)
+             for k, v in own.items()}
+    assert set(lora_state_dict(net, state)) == set(lora_state_dict(net))
+    for k, v in lora_state_dict(net, state).items():
+        assert torch.equal(v, state[k])
+    for k, v in adapter_state_dict(net, state).items():
+        assert torch.equal(v, state[k]) and not torch.equal(v, own[k])
+    merged = merged_state_dict(net, state)
+    q = "diff_estimator.layers.1.self_attn.q_proj"
+    a, b = state[f"model.{q}.lora_A.default.weight"], state[f"model.{q}.lora_B.default.weight"]
+    expected = state[f"model.{q}.base_layer.weight"] + 2.0 * b @ a  # alpha = 2r
+    torch.testing.assert_close(merged[f"{q}.weight"], expected)
+    assert set(merged) == set(merged_state_dict(net)) and not any(".lora_" in k or "base_layer" in k for k in merged)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, own[k]), f"{k} changed"
