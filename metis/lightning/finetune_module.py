@@ -35,7 +35,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from metis.checkpoints.deepspeed import gathered_state_dict
-from metis.checkpoints.io import CheckpointMismatchError, check_state_dict, load_into, resolve, save_safetensors
+from metis.checkpoints.io import check_state_dict, load_into, resolve, save_safetensors
 from metis.checkpoints.lora import (ADAPTER_MODULE, TTS_TRAINABLE, adapter_state_dict, lora_state_dict,
                                     merged_state_dict, wrap_lora)
 from metis.lightning.callbacks import ExportSafetensors, write_json_atomic
