@@ -119,6 +119,17 @@ def _jieba():
     return jieba
 
 
+def _join_following(words: list[str], char: str) -> list[str]:
+    """A stand-alone `char` joins the word after it."""
+    out: list[str] = []
+    for word in words:
+        if out and out[-1] == char:
+            out[-1] += word
+        else:
+            out.append(word)
+    return out
+
+
 def merge_words(words: list[str]) -> list[str]:
     """The three merge passes after jieba (§6.3): X一X, then stand-alone 一 and 不 forward, 儿 backward."""
     merged: list[str] = []
@@ -132,19 +143,8 @@ def merge_words(words: list[str]) -> list[str]:
             skip_next = True
         else:
             merged.append(word)
-    words, merged = merged, []
-    for word in words:  # a stand-alone 一 joins the following word
-        if merged and merged[-1] == "一":
-            merged[-1] += word
-        else:
-            merged.append(word)
-    words, merged = merged, []
-    for word in words:  # a stand-alone 不 joins the following word
-        if merged and merged[-1] == "不":
-            merged[-1] += word
-        else:
-            merged.append(word)
-    words, merged = merged, []
+    words = _join_following(_join_following(merged, "一"), "不")  # stand-alone 一 / 不 join the next word
+    merged = []
     for word in words:  # a stand-alone 儿 joins the preceding word
         if word == "儿" and merged:
             merged[-1] += word
