@@ -4,13 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
 from metis.tokenizers.kmeans import KMeansTokenizer
 from tests.finetune.synthetic_speech import fit_tokenizer
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+from tests.lightning.conftest import CONFIG_DIR, compose_train  # noqa: F401  (CONFIG_DIR re-exported for the tests)
 
 TINY = [
     "data=synthetic", "data._target_=tests.finetune.synthetic_speech.SyntheticSpeechDataModule",
@@ -25,12 +22,7 @@ TINY = [
 
 
 def compose_finetune(overrides: list[str], root: Path | None = None):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="finetune", overrides=overrides)
-    if root is not None:
-        with open_dict(cfg):
-            cfg.paths.root_dir = str(root)
-    return cfg
+    return compose_train(overrides, root, config_name="finetune")
 
 
 @pytest.fixture(scope="session")

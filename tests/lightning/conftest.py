@@ -15,9 +15,10 @@ TINY = [
 ]
 
 
-def compose_train(overrides: list[str], root: Path | None = None):
+def compose_train(overrides: list[str], root: Path | None = None, config_name: str = "train"):
+    """Compose `configs/<config_name>.yaml` with overrides, writing under `root` when given."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+        cfg = compose(config_name=config_name, overrides=overrides)
     if root is not None:
         with open_dict(cfg):
             cfg.paths.root_dir = str(root)
