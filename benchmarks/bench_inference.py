@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from metis.inference.pipeline import Item, Pipeline
+from metis.inference.generate import Item, generate
 from metis.inference.tasks import S2A_1LAYER_DEFAULT, S2A_FULL_DEFAULT, STAGE1_DEFAULTS, TASKS
 from metis.models.acoustic_codec import CodecDecoder
 from metis.models.metis_stage1 import MetisStage1
@@ -89,29 +89,35 @@ def make_item(task: str, vocab: int, prompt_frames: int, target_frames: int) -> 
                 s2a_1layer=S2A_1LAYER_DEFAULT, s2a_full=S2A_FULL_DEFAULT)
 
 
+def decode_once(item: Item, stage1, s1, sf, decoder: _Decoder, fast: bool):
+    """One request through the one generation chain -> (seconds, generated semantic ids, codes, wav).
+    Noise comes from CPU generators in both modes, so agreement measures the arithmetic, not the RNG."""
+    device = decoder.device
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = generate([item], stage1, s1, sf, decode=decoder.decode, fast=fast, noise_device="cpu")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, out.semantic[0][item.prompt_ids.numel():].cpu(), out.codes[0].cpu(), out.wavs[0]
+
+
 def run(size: str, tasks, device, prompt_s: float, target_s: float) -> list[dict]:
     # on a GPU, build (and randomly initialise) the models there: the released sizes take minutes on a few CPU cores
     with torch.device(device) if device.type == "cuda" else contextlib.nullcontext():
         stage1, s1, sf = build(size, device)
         decoder = _Decoder(device, SIZES[size].get("decoder"))
+    for model in (*stage1.values(), s1, sf):
+        model.to(device).eval().requires_grad_(False)
     rows = []
     for task in tasks:
         target = int(target_s * 50) * (2 if task == "se" else 1)
         item = make_item(task, SIZES[size]["vocab"], int(prompt_s * 50), target)
         out = {}
         for fast in (False, True):
-            # noise from CPU generators in both modes, so agreement measures the arithmetic, not the RNG
-            pipe = Pipeline(stage1, s1, sf, semantic=None, acoustic=decoder, device=device, fast=fast, progress=False,
-                            noise_device="cpu")
-            pipe.generate([item])  # warm-up (allocations, lazy init); tiny only matters on GPU
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            sem, codes = pipe.generate([item])
-            wav = decoder.decode(codes[0][None].to(device))
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            out[fast] = (time.perf_counter() - t0, sem[0][item.prompt_ids.numel():].cpu(), codes[0].cpu(), wav.shape[-1] / 24000)
+            decode_once(item, stage1[task], s1, sf, decoder, fast)  # warm-up (allocations, lazy init); tiny only matters on GPU
+            t, sem, codes, wav = decode_once(item, stage1[task], s1, sf, decoder, fast)
+            out[fast] = (t, sem, codes, wav.shape[-1] / 24000)
         (t_a, sem_a, codes_a, audio), (t_b, sem_b, codes_b, _) = out[False], out[True]
         rows.append(dict(size=size, task=task, audio_s=audio, faithful_rtf=t_a / audio, fast_rtf=t_b / audio,
                          speedup=t_a / t_b, sem_agree=(sem_a == sem_b).float().mean().item(),

@@ -9,15 +9,10 @@ models through the same code.
     wav = pipe(Request(task="se", input="noisy.wav"))               # (n,) at 24 kHz
     results = pipe.run([Request(...), ...])                          # batched, writes request.output
 
-Per item (a request, or one window of a long se / tse / vc input):
-
-    stage 1:  prompt ids + target_len [+ phones] [+ finetune_cond]  -> generated semantic ids
-    S2A 1L:   cond_emb(prompt ids + generated) (se: generated only), acoustic prompt -> layer 0
-    S2A full: same, layer 0 given                                   -> 12 layers (T_a = len - p)
-    codec:    12 layers -> T_a x 480 samples at 24 kHz
-
-Batches are sorted by length and decoded per sample (`metis.inference.sampling`): each item draws from
-its own generator seeded from its request's seed, so a result does not depend on the batch.
+Per item (a request, or one window of a long se / tse / vc input) the one generation chain
+`metis.inference.generate.generate` runs stage 1 -> S2A 1-layer -> S2A full -> codec. Batches are
+sorted by length; every row is decoded as if alone and draws from its own generator seeded from its
+request's seed, so a result does not depend on the batch.
 """
 
 from __future__ import annotations
@@ -31,33 +26,13 @@ import torch
 from torch import nn
 
 from metis.inference.audio import OUTPUT_SAMPLE_RATE, load_audio, load_video_features, save_audio, upsample_video_features
-from metis.inference.sampling import DecodeConfig, s2a_decode, stage1_decode
+from metis.inference.generate import Item, generate
 from metis.inference.tasks import (CHUNKED_TASKS, S2A_1LAYER_DEFAULT, S2A_FULL_DEFAULT, SAMPLES_PER_FRAME_16K,
                                    STAGE1_DEFAULTS, TASKS, Request, S2ASettings, apply_overrides, chunk_starts, stitch,
                                    tts_target_len)
-from metis.models.decoding import UniformNoise
+from metis.models.decoding import DecodeConfig
 
 ModelOrLoader = nn.Module | Callable[[], nn.Module]
-
-
-@dataclass
-class Item:
-    """One stage-1 + S2A decoding unit (a request or one window of it)."""
-
-    request: int
-    chunk: int
-    start: int  # start frame of this window in the request's output
-    task: str
-    prompt_ids: torch.Tensor  # (tp,)
-    target_len: int
-    acoustic_prompt: torch.Tensor  # (p, q)
-    keep_prompt: bool  # S2A condition = prompt ids + generated (else generated only: se)
-    phones: torch.Tensor | None = None
-    finetune_cond: torch.Tensor | None = None
-    seed: int = 0
-    stage1: DecodeConfig | None = None
-    s2a_1layer: S2ASettings | None = None
-    s2a_full: S2ASettings | None = None
 
 
 @dataclass
@@ -97,8 +72,8 @@ class Pipeline:
         acoustic: an AcousticTokenizer (encode() at 24 kHz, decode()).
         g2p: text -> (phones, ids), called as g2p(text, language=...); default metis.text.G2P on first tts.
         device: where the models run.
-        fast: batched CFG, cached condition embeddings, top-k-only sampling, bf16 autocast on CUDA
-            (see metis.inference.sampling); False reproduces the reference exactly.
+        fast: batched CFG, top-k-only sampling, bf16 autocast on CUDA (see metis.models.decoding);
+            False decodes every row exactly as the reference decodes it alone.
         batch_size: items per stage-1 / S2A batch (length-sorted).
         chunk_seconds, overlap_seconds: windowing of long se / tse / vc sources (tasks.py); 0 disables.
         stage1_settings: task -> {n_timesteps, cfg, rescale_cfg, temp, filter_thres} replacing the
@@ -237,36 +212,14 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------ decoding
 
-    def _noises(self, items: Sequence[Item]) -> list[UniformNoise]:
-        return [UniformNoise(torch.Generator(device=self.noise_device).manual_seed(it.seed)) for it in items]
-
     @torch.no_grad()
     def decode_items(self, items: Sequence[Item]) -> list[torch.Tensor]:
         """One batch of items sharing task and settings -> per item its 24 kHz waveform (T_a x 480,)."""
-        _, codes = self.generate(items)
-        return [self.acoustic.decode(c[None].to(self.acoustic.device))[0].float().cpu() for c in codes]
-
-    @torch.no_grad()
-    def generate(self, items: Sequence[Item]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """One batch of items sharing task and settings -> per item (semantic ids (T_s,), acoustic codes (T_a, q))."""
-        if len({(it.task, it.stage1, it.s2a_1layer, it.s2a_full) for it in items}) != 1:
-            raise ValueError("a batch must share task and settings")
-        it0 = items[0]
-        model = self.stage1_model(it0.task)
-        noises = self._noises(items)
-        autocast = self.fast
-        phones = [it.phones for it in items] if it0.phones is not None else None
-        conds = [it.finetune_cond for it in items] if it0.finetune_cond is not None else None
-        gen = stage1_decode(model, [it.prompt_ids for it in items], [it.target_len for it in items], it0.stage1,
-                            noises=noises, phones=phones, finetune_conds=conds, fast=self.fast, autocast=autocast)
-        sem = [torch.cat([it.prompt_ids.to(g.device), g]) if it.keep_prompt else g for it, g in zip(items, gen)]
-        prompts = [it.acoustic_prompt for it in items]
-        s1, sf = self.s2a_model("s2a_1layer"), self.s2a_model("s2a_full")
-        layer0 = s2a_decode(s1, sem, prompts, it0.s2a_1layer.layers(s1.num_quantizer), noises=noises, fast=self.fast,
-                            autocast=autocast)
-        codes = s2a_decode(sf, sem, prompts, it0.s2a_full.layers(sf.num_quantizer), noises=noises, gt_codes=layer0,
-                           fast=self.fast, autocast=autocast)
-        return sem, codes
+        if len({it.task for it in items}) != 1:
+            raise ValueError("a batch must share its task")
+        return generate(items, self.stage1_model(items[0].task), self.s2a_model("s2a_1layer"), self.s2a_model("s2a_full"),
+                        decode=lambda codes: self.acoustic.decode(codes.to(self.acoustic.device)), fast=self.fast,
+                        noise_device=self.noise_device).wavs
 
     def __call__(self, request: Request) -> torch.Tensor:
         """Run one request and return its waveform (n,) at 24 kHz (also written to request.output if set)."""
@@ -348,13 +301,4 @@ class Pipeline:
             if on_result is not None:
                 on_result(res)
         return results
-
-
-def output_num_samples(task: str, semantic_frames: int, prompt_semantic: int, prompt_acoustic: int) -> int:
-    """Expected output samples of one window: (semantic sequence - acoustic prompt) x 480 (Q10).
-
-    semantic_frames: generated frames; prompt_semantic / prompt_acoustic: prompt frames on each path.
-    """
-    kept = semantic_frames + (0 if task == "se" else prompt_semantic)
-    return (kept - prompt_acoustic) * 480
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from metis.inference.sampling import DecodeConfig
+from metis.models.decoding import DecodeConfig
 
 TASKS = ("tts", "se", "tse", "vc", "l2s")
 CHUNKED_TASKS = ("se", "tse", "vc")

@@ -3,13 +3,16 @@ write them as wavs and log them to every wandb logger.
 
 Stage-1 run (Metis, SSL tokens), per sample:
 
-    first `prompt_seconds` of the utterance's SSL tokens  --net.reverse_diffusion-->  the rest (T - tp frames)
+    first `prompt_seconds` of the utterance's SSL tokens  --net-->  the rest (T - tp frames)
     prompt + generated SSL tokens (T)  --S2A 1-layer-->  acoustic layer 0  --S2A full-->  12 layers
     12 layers  --codec decoder-->  T x 480 samples at 24 kHz
 
+    through the one chain inference uses (metis.inference.generate), all utterances in one batch
+    decoded row by row as if alone.
+
 S2A run (MaskGCT S2A), per sample:
 
-    the utterance's SSL tokens (T) + acoustic prompt ac[:tp] from the batch  --net.reverse_diffusion-->
+    the utterance's SSL tokens (T) + acoustic prompt ac[:tp] from the batch  --net.reverse_diffusion_rows-->
     acoustic codes of the other T - tp frames (a net that never learnt layer 0, predict_layer_1=false,
     gets the batch's layer 0)  --codec decoder-->  (T - tp) x 480 samples
 
@@ -40,10 +43,10 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from metis.checkpoints import published
 from metis.checkpoints.io import resolve
 from metis.inference.audio import OUTPUT_SAMPLE_RATE
+from metis.inference.generate import Item, generate, seeded_noises
 from metis.inference.loading import load_s2a
-from metis.inference.tasks import FRAME_RATE, S2A_1LAYER_DEFAULT, S2A_FULL_DEFAULT, STAGE1_DEFAULTS, S2ASettings
+from metis.inference.tasks import FRAME_RATE, S2A_1LAYER_DEFAULT, S2A_FULL_DEFAULT, STAGE1_DEFAULTS
 from metis.models.acoustic_codec import CodecDecoder
-from metis.models.decoding import UniformNoise
 from metis.models.metis_stage1 import MetisStage1
 from metis.models.s2a import MaskGCTS2A
 from metis.tokenizers.acoustic import DECODER_FILE
@@ -210,23 +213,24 @@ class AudioSamples(L.Callback):
         decoder = self._load_decoder(device)
         if not self._codec_fits(sf.codebook_size, sf.num_quantizer):
             return []
-        st = self.stage1_settings
-        wavs = []
+        items = self.stage1_items(stash, sf.num_quantizer)
+        out = generate(items, net, s1, sf, decode=lambda codes: self._codes_to_wav(decoder, codes), noise_device="cpu")
+        return [self._finite(w.numpy()) for w in out.wavs]
+
+    def stage1_items(self, stash: dict[str, list[torch.Tensor]], num_quantizer: int) -> list[Item]:
+        """The decoding items of the stashed utterances: the first prompt frames (at most half) are the
+        prompt, the rest is generated; the batch's acoustic tokens, when it has all `num_quantizer`
+        layers, prompt S2A with the speaker's voice. Utterance i draws from a generator seeded seed + i."""
+        items = []
         for i, sem in enumerate(stash["sem"]):
             t = sem.shape[0]
             tp = min(self.prompt_frames, t // 2)
-            noise = self._noise(i)
-            prompt = sem[None, :tp].to(device)
-            gen = net.reverse_diffusion(prompt, t - tp, temp=st.temp, filter_thres=st.filter_thres, n_timesteps=st.n_timesteps,
-                                        cfg=st.cfg, rescale_cfg=st.rescale_cfg, noise=noise)
-            ids = torch.cat([prompt, gen.to(device)], dim=1)  # (1, t)
             ac = stash.get("ac", [None] * len(stash["sem"]))[i]
-            # the batch's acoustic tokens, when it has all 12 layers, prompt S2A with the speaker's voice
-            ac_prompt = ac[None, :tp].to(device) if ac is not None and ac.shape[1] >= sf.num_quantizer and tp else None
-            layer0 = self._s2a_generate(s1, ids, ac_prompt, self.s2a_1layer_settings, noise)
-            codes = self._s2a_generate(sf, ids, ac_prompt, self.s2a_full_settings, noise, gt=layer0)
-            wavs.append(self._decode(decoder, codes))
-        return wavs
+            ac_prompt = ac[:tp] if ac is not None and ac.shape[1] >= num_quantizer and tp else sem.new_zeros(0, num_quantizer)
+            items.append(Item(prompt_ids=sem[:tp], target_len=t - tp, acoustic_prompt=ac_prompt, keep_prompt=True,
+                              stage1=self.stage1_settings, s2a_1layer=self.s2a_1layer_settings,
+                              s2a_full=self.s2a_full_settings, seed=self.seed + i))
+        return items
 
     def _s2a_samples(self, net: MaskGCTS2A, stash, device) -> list[np.ndarray]:
         decoder = self._load_decoder(device)
@@ -236,38 +240,30 @@ class AudioSamples(L.Callback):
             self._disable("this S2A model does not predict layer 0 and the batch has no acoustic tokens to give it")
             return []
         settings = self.s2a_1layer_settings if net.num_quantizer == 1 else self.s2a_full_settings
-        wavs = []
+        conds, prompts, gts = [], [], []
         for i, sem in enumerate(stash["sem"]):
             ac = stash["ac"][i] if "ac" in stash else None
-            t = sem.shape[0] if ac is None else min(sem.shape[0], ac.shape[0])  # the streams differ by ~1 frame (Q10)
+            t = sem.shape[0] if ac is None else min(sem.shape[0], ac.shape[0])  # the streams differ by ~1 frame (docs/reference.md Q10)
             tp = min(self.prompt_frames, t // 2) if ac is not None else 0
-            ids = sem[None, :t].to(device)
-            prompt = ac[None, :tp].to(device) if tp else None
-            gt = None if net.predict_layer_1 else ac[None, tp:t, :1].to(device)
-            codes = self._s2a_generate(net, ids, prompt, settings, self._noise(i), gt=gt)
-            wavs.append(self._decode(decoder, codes))
-        return wavs
+            conds.append(sem[:t])
+            prompts.append(ac[:tp] if tp else sem.new_zeros(0, net.num_quantizer))
+            gts.append(None if net.predict_layer_1 else ac[tp:t, :1])
+        codes = net.reverse_diffusion_rows(conds, prompts, settings.layers(net.num_quantizer),
+                                           noises=seeded_noises([self.seed + i for i in range(len(conds))]),
+                                           gt_codes=None if net.predict_layer_1 else gts)
+        return [self._finite(self._codes_to_wav(decoder, c[None].to(device))[0].float().cpu().numpy()) for c in codes]
 
-    def _s2a_generate(self, model: MaskGCTS2A, ids: torch.Tensor, prompt: torch.Tensor | None, settings: S2ASettings,
-                      noise: UniformNoise, gt: torch.Tensor | None = None) -> torch.Tensor:
-        """ids (1, p + t) semantic tokens, prompt (1, p, >= nq) or None -> codes (1, t, nq)."""
-        nq = model.num_quantizer
-        prompt = ids.new_zeros(1, 0, nq) if prompt is None else prompt[..., :nq]
-        return model.reverse_diffusion(model.cond_emb(ids), prompt, temp=settings.temp, filter_thres=settings.filter_thres,
-                                       n_timesteps=[c.n_timesteps for c in settings.layers(nq)], cfg=settings.cfg,
-                                       rescale_cfg=settings.rescale_cfg, gt_code=gt, noise=noise)
+    @staticmethod
+    def _codes_to_wav(decoder: CodecDecoder, codes: torch.Tensor) -> torch.Tensor:
+        """codes (1, t, q) -> (1, t * 480) waveform."""
+        return decoder(decoder.vq2emb(codes.long().permute(2, 0, 1)))[:, 0]
 
-    def _decode(self, decoder: CodecDecoder, codes: torch.Tensor) -> np.ndarray:
-        """codes (1, t, q) -> (t * 480,) float32 waveform."""
-        emb = decoder.vq2emb(codes.long().permute(2, 0, 1))  # (1, c, t)
-        wav = decoder(emb)[0, 0].float().cpu().numpy()
+    @staticmethod
+    def _finite(wav: np.ndarray) -> np.ndarray:
         if not np.isfinite(wav).all():
             log.warning("audio samples: the decoded waveform has non-finite values (set to 0)")
             wav = np.nan_to_num(wav, nan=0.0, posinf=0.0, neginf=0.0)
         return wav
-
-    def _noise(self, i: int) -> UniformNoise:
-        return UniformNoise(torch.Generator().manual_seed(self.seed + i))
 
     # ---- models, loaded once on first use ------------------------------------------------------------
     def _load_s2a(self, which: str, device: torch.device) -> MaskGCTS2A:

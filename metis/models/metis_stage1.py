@@ -12,18 +12,20 @@ c adapter condition features (w2v-BERT 1024 or visual 768).
 
     training:  x0 ──corrupt(t)──> xt = m·mask_emb + (1-m)·cond_emb(x0)  [+ adapter(f)]
                logits = to_logit(diff_estimator(xt, t, x_mask, prefix=phone_emb(phones)))
-    inference: prompt ids + T masked slots ──iterative_decode (CFG on hidden states)──> T ids
+    inference: prompt ids + T masked slots ──masked_decode (CFG on hidden states)──> T ids
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from metis.models.decoding import UniformNoise, cfg_combine, iterative_decode
+from metis.models.decoding import (DecodeConfig, Packer, UniformNoise, autocast, cfg_combine, guided_passes,
+                                   masked_decode, segment, valid_mask)
 from metis.models.llama_nar import LlamaNAR, two_layer_mlp
 
 FT_TYPES_WITH_ADAPTER = ("vc", "se", "tse", "l2s", "omni")
@@ -225,13 +227,13 @@ class MetisStage1(nn.Module):
                           n_timesteps: int = 25, cfg: float = 2.5, rescale_cfg: float = 0.75,
                           noise: UniformNoise | None = None,
                           preschedule_mask_indices: torch.Tensor | None = None) -> torch.Tensor:
-        """Generate target_len ids after a prompt (§2.4).
+        """Generate target_len ids after a prompt, rows coupled as in the reference (docs/reference.md §2.4, Q6).
 
         Args:
             prompt: (b, tp) prompt ids; tp may be 0.
             phone_id: (b, p) phones (all valid). finetune_cond: (b, tp + target_len, c) adapter features.
             cfg: guidance weight on hidden states; 0 skips the unconditional pass. The unconditional
-                pass drops the prompt and the phones but keeps finetune_cond[:, tp:] (Q8).
+                pass drops the prompt and the phones but keeps finetune_cond[:, tp:] (docs/reference.md Q8).
             noise: uniform source (replay recorded draws with ReplayNoise); default torch's RNG.
             preschedule_mask_indices: (target_len,) fixed remask order.
         Returns:
@@ -240,28 +242,86 @@ class MetisStage1(nn.Module):
         b, tp = prompt.shape
         if target_len < 1:
             raise ValueError(f"target_len must be at least 1, got {target_len}")
+        if finetune_cond is not None and finetune_cond.shape[:2] != (b, tp + target_len):
+            raise ValueError(f"finetune_cond must cover prompt + target: expected shape ({b}, {tp + target_len}, c), "
+                             f"got {tuple(finetune_cond.shape)}")
+        p = 0 if phone_id is None else phone_id.shape[1]
+        return self._reverse_diffusion(prompt, [tp] * b, [int(target_len)] * b, phone_id, [p] * b, finetune_cond,
+                                       DecodeConfig(n_timesteps, temp, filter_thres, cfg, rescale_cfg), noise=noise,
+                                       coupled=True, preschedule_mask_indices=preschedule_mask_indices)
+
+    @torch.no_grad()
+    def reverse_diffusion_rows(self, prompts: Sequence[torch.Tensor], target_lens: Sequence[int], settings: DecodeConfig,
+                               *, noises: Sequence[UniformNoise], phones: Sequence[torch.Tensor] | None = None,
+                               finetune_conds: Sequence[torch.Tensor] | None = None, fast: bool = False) -> list[torch.Tensor]:
+        """Decode a batch of rows of their own lengths, each as if alone (docs/reference.md Q6 not reproduced).
+
+        Args:
+            prompts: per row (tp_r,) prompt ids (tp_r may be 0). target_lens: T_r per row.
+            noises: one uniform source per row. phones: per row (p_r,) phone ids, or None for all rows.
+            finetune_conds: per row (tp_r + T_r, c) adapter features, or None for all rows.
+            fast: batched CFG, top-k-only sampling, bf16 on CUDA (metis.models.decoding).
+        Returns:
+            per row the generated ids (T_r,). A batch of one equals `reverse_diffusion` with the same noise.
+        """
+        b = len(prompts)
+        dev = self.cond_emb.weight.device
+        for name, rows in (("noises", noises), ("target_lens", target_lens), ("phones", phones), ("finetune_conds", finetune_conds)):
+            if rows is not None and len(rows) != b:
+                raise ValueError(f"{name} has {len(rows)} rows, prompts has {b}")
+        tps = [int(p.shape[0]) for p in prompts]
+        lengths = [int(t) for t in target_lens]
+        if finetune_conds is not None:
+            for r, f in enumerate(finetune_conds):
+                if f.shape[0] != tps[r] + lengths[r]:
+                    raise ValueError(f"row {r}: finetune_cond has {f.shape[0]} frames, prompt + target = {tps[r]} + {lengths[r]}")
+        pad = lambda rows: torch.nn.utils.rnn.pad_sequence([x.to(dev) for x in rows], batch_first=True)  # noqa: E731
+        phone_id = None if phones is None else pad([p.long() for p in phones])
+        fc = None if finetune_conds is None else pad([f.to(self.cond_emb.weight.dtype) for f in finetune_conds])
+        ids = self._reverse_diffusion(pad([p.long() for p in prompts]), tps, lengths, phone_id,
+                                      None if phones is None else [int(p.shape[0]) for p in phones], fc, settings,
+                                      noise=list(noises), coupled=False, fast=fast)
+        return [ids[r, :T] for r, T in enumerate(lengths)]
+
+    def _reverse_diffusion(self, prompt: torch.Tensor, prompt_lens: list[int], target_lens: list[int],
+                           phone_id: torch.Tensor | None, phone_lens: list[int] | None, finetune_cond: torch.Tensor | None,
+                           settings: DecodeConfig, *, noise, coupled: bool, fast: bool = False,
+                           preschedule_mask_indices: torch.Tensor | None = None) -> torch.Tensor:
+        """The inference forward on padded rows: prompt (b, tp_max), phone_id (b, p_max), finetune_cond
+        (b, tp_max + T_max, c), row r valid for its own lengths -> ids (b, T_max).
+
+        Conditional pass: [cond_mlp(phones) ; prompt + a(f)[:tp] ; target + a(f)[tp:]], packed per row.
+        Unconditional pass (cfg > 0): target + a(f)[tp:] alone. The phone prefix and the adapter output
+        depend on no step, so they are computed once.
+        """
         device = self.cond_emb.weight.device
-        prompt = prompt.to(device)
-        prompt_emb = self.cond_emb(prompt)  # (b, tp, d)
-        phones = self.phone_prefix(None if phone_id is None else phone_id.to(device))
-        adapt = None
+        b, n = len(target_lens), max(target_lens)
+        prompt_emb = self.cond_emb(prompt.to(device))  # (b, tp_max, d)
+        adapt_t = None
         if finetune_cond is not None:
-            if finetune_cond.shape[:2] != (b, tp + target_len):
-                raise ValueError(f"finetune_cond must cover prompt + target: expected shape ({b}, {tp + target_len}, c), "
-                                 f"got {tuple(finetune_cond.shape)}")
             adapt = self.adapter(finetune_cond.to(device))  # (b, tp + t, d), constant across steps
+            prompt_emb = prompt_emb + segment(adapt, [0] * b, prompt_lens)
+            adapt_t = segment(adapt, prompt_lens, target_lens)
+        context, context_lens = [prompt_emb], [prompt_lens]
+        if phone_id is not None and phone_id.shape[1] > 0:
+            context.insert(0, self.diff_estimator.cond_mlp(self.phone_prefix(phone_id.to(device))))  # the prefix (§1.6)
+            context_lens.insert(0, phone_lens)
+        packer = Packer(context, context_lens, target_lens)
+        m_u = valid_mask(target_lens, n, device).float()
+        rows = None if coupled else target_lens
+        cfg = settings.cfg
 
         def logits_fn(ids: torch.Tensor, is_masked: torch.Tensor, t_i: float) -> torch.Tensor:
-            t = torch.full((b,), t_i, dtype=torch.float32, device=device)
             cur = self.embed_input(ids, is_masked)  # (b, t, d)
-            x = torch.cat([prompt_emb, cur], dim=1)
-            if adapt is not None:
-                x = x + adapt
-            e = self.diff_estimator(x, t, prefix=phones)[:, tp:]
-            if cfg > 0:
-                x_u = cur if adapt is None else cur + adapt[:, tp:]
-                e = cfg_combine(e, self.diff_estimator(x_u, t), cfg, rescale_cfg)
-            return self.to_logit(e)
+            tgt = cur if adapt_t is None else cur + adapt_t
+            with autocast(device, fast):
+                e_c, e_u = guided_passes(self.diff_estimator, packer.place(tgt), packer.mask, tgt if cfg > 0 else None,
+                                         m_u, t_i, fast)
+                e = packer.take(e_c)
+                if e_u is not None:
+                    e = cfg_combine(e, e_u, cfg, settings.rescale_cfg, rows, fast)
+                return self.to_logit(e)
 
-        return iterative_decode(logits_fn, b, target_len, n_timesteps, temp=temp, filter_thres=filter_thres,
-                                device=device, noise=noise, preschedule_mask_indices=preschedule_mask_indices)
+        return masked_decode(logits_fn, target_lens, settings.n_timesteps, temp=settings.temp,
+                             filter_thres=settings.filter_thres, noise=noise, device=device, coupled=coupled, fast=fast,
+                             preschedule_mask_indices=preschedule_mask_indices)

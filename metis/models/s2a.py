@@ -22,7 +22,8 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from metis.models.decoding import UniformNoise, cfg_combine, iterative_decode
+from metis.models.decoding import (DecodeConfig, Packer, UniformNoise, autocast, cfg_combine, guided_passes,
+                                   masked_decode, segment, valid_mask)
 from metis.models.llama_nar import LlamaNAR
 
 MASK_LAYER_SCHEDULES = ("linear", "uniform", "cosine")
@@ -219,7 +220,7 @@ class MaskGCTS2A(nn.Module):
     def reverse_diffusion(self, cond: torch.Tensor, prompt: torch.Tensor, temp: float = 1.5, filter_thres: float = 0.98,
                           n_timesteps: Sequence[int] = (40, 16) + (1,) * 10, cfg: float = 2.5, rescale_cfg: float = 0.75,
                           gt_code: torch.Tensor | None = None, noise: UniformNoise | None = None) -> torch.Tensor:
-        """Generate acoustic codes layer by layer.
+        """Generate acoustic codes layer by layer, rows coupled as in the reference (docs/reference.md §3.4, Q6).
 
         Args:
             cond: (b, p + t, d) = cond_emb(semantic ids of prompt + target).
@@ -240,38 +241,100 @@ class MaskGCTS2A(nn.Module):
         n = total - p
         if n <= 0:
             raise ValueError(f"cond has {total} frames, not more than the {p} prompt frames")
-        g = 0 if gt_code is None else gt_code.shape[-1]
-        if gt_code is not None and (gt_code.shape[:2] != (b, n) or g > nq):
+        if gt_code is not None and (gt_code.shape[:2] != (b, n) or gt_code.shape[-1] > nq):
             raise ValueError(f"gt_code must be (b={b}, t={n}, g<={nq}), got {tuple(gt_code.shape)}")
         if len(n_timesteps) < nq:
             raise ValueError(f"n_timesteps has {len(n_timesteps)} entries, need one per layer ({nq})")
+        layers = [DecodeConfig(int(s), temp, filter_thres, cfg, rescale_cfg) for s in n_timesteps[:nq]]
+        return self._reverse_diffusion(cond, prompt, [p] * b, [n] * b, layers, gt_code, noise=noise, coupled=True)
 
+    @torch.no_grad()
+    def reverse_diffusion_rows(self, conds: Sequence[torch.Tensor], prompts: Sequence[torch.Tensor],
+                               layer_settings: Sequence[DecodeConfig], *, noises: Sequence[UniformNoise],
+                               gt_codes: Sequence[torch.Tensor] | None = None, fast: bool = False) -> list[torch.Tensor]:
+        """Decode a batch of rows of their own lengths, each as if alone (docs/reference.md Q6 not reproduced).
+
+        Args:
+            conds: per row the semantic ids (p_r + T_r,) of prompt + target.
+            prompts: per row the acoustic prompt codes (p_r, >= Nq) (p_r may be 0); the first Nq layers are
+                used (the 1-layer model gets the 12-layer prompt, as in the reference).
+            layer_settings: one DecodeConfig per layer (entries of given gt layers are unused).
+            noises: one uniform source per row. gt_codes: per row (T_r, g) given first layers.
+            fast: batched CFG, top-k-only sampling, bf16 on CUDA (metis.models.decoding).
+        Returns:
+            per row codes (T_r, Nq). A batch of one equals `reverse_diffusion` with the same noise.
+        """
+        nq, b = self.num_quantizer, len(conds)
+        dev = self.cond_emb.weight.device
+        if len(layer_settings) < nq:
+            raise ValueError(f"need one DecodeConfig per S2A layer ({nq}), got {len(layer_settings)}")
+        if len(prompts) != b or len(noises) != b or (gt_codes is not None and len(gt_codes) != b):
+            raise ValueError(f"conds, prompts, noises (and gt_codes) need one entry per row ({b})")
+        ps = [int(p.shape[0]) for p in prompts]
+        lengths = [int(c.shape[0]) - p for c, p in zip(conds, ps)]
+        for r, T in enumerate(lengths):
+            if T <= 0:
+                raise ValueError(f"row {r}: {conds[r].shape[0]} semantic frames, not more than the {ps[r]} acoustic prompt frames")
+            if prompts[r].dim() != 2 or prompts[r].shape[1] < nq:
+                raise ValueError(f"row {r}: acoustic prompt must be (p, >= {nq}) codes, got {tuple(prompts[r].shape)}")
+        pad = lambda rows: torch.nn.utils.rnn.pad_sequence([x.to(dev).long() for x in rows], batch_first=True)  # noqa: E731
+        cond = self.cond_emb(pad(conds))  # (b, p + t, d)
+        prompt = pad([p[:, :nq] for p in prompts]) if max(ps) else torch.zeros(b, 0, nq, dtype=torch.long, device=dev)
+        gt = None if gt_codes is None else pad(gt_codes)
+        codes = self._reverse_diffusion(cond, prompt, ps, lengths, list(layer_settings[:nq]), gt, noise=list(noises),
+                                        coupled=False, fast=fast)
+        return [codes[r, :T] for r, T in enumerate(lengths)]
+
+    def _reverse_diffusion(self, cond: torch.Tensor, prompt: torch.Tensor, prompt_lens: list[int], target_lens: list[int],
+                           layer_settings: list[DecodeConfig], gt_code: torch.Tensor | None, *, noise, coupled: bool,
+                           fast: bool = False) -> torch.Tensor:
+        """The inference forward on padded rows: cond (b, p_max + T_max, d), prompt (b, p_max, q), row r
+        valid for its own lengths -> codes (b, T_max, q).
+
+        Per layer L: conditional pass [prompt_emb ; cum + cur_L + (Nq-1-L)·mask] + cond_mlp(cond + layer_emb[L]);
+        unconditional pass (cfg > 0): the target part alone with cond_mlp of the target's condition.
+        cond_mlp depends on no step, so it runs once per layer (fast: the unconditional one is the
+        target slice of the conditional one instead of its own pass).
+        """
+        nq, d = self.num_quantizer, self.hidden_size
         device = cond.device
+        b, n = len(target_lens), max(target_lens)
+        g = 0 if gt_code is None else gt_code.shape[-1]
         mask_token = self.mask_emb.weight[0]  # (d,)
         prompt_emb = sum(self.token_emb[q](prompt[:, :, q]) for q in range(nq))  # (b, p, d)
         codes = torch.zeros(b, n, nq, dtype=torch.long, device=device)
-        cum = torch.zeros(b, n, self.hidden_size, dtype=cond.dtype, device=device)  # decided layers, summed
+        cum = torch.zeros(b, n, d, dtype=cond.dtype, device=device)  # decided layers, summed
         for q in range(g):
             codes[:, :, q] = gt_code[:, :, q]
             cum = cum + self.token_emb[q](gt_code[:, :, q])
+        packer = Packer([prompt_emb], [prompt_lens], target_lens)
+        m_u = valid_mask(target_lens, n, device).float()
+        rows = None if coupled else target_lens
+        cond_mlp = self.diff_estimator.cond_mlp
 
         for layer in range(g, nq):
+            lc = layer_settings[layer]
             layer_cond = cond + self.layer_emb.weight[layer]  # (b, p + t, d)
+            cm_c = cond_mlp(layer_cond)[:, : packer.l]
+            cm_u = None
+            if lc.cfg > 0:
+                cm_u = segment(cm_c, prompt_lens, target_lens) if fast else cond_mlp(segment(layer_cond, prompt_lens, target_lens))
             finer = (nq - 1 - layer) * mask_token  # layers above L are all [MASK]
             emb = self.token_emb[layer]
 
-            def logits_fn(ids, is_masked, t_i, layer=layer, layer_cond=layer_cond, finer=finer, emb=emb):
+            def logits_fn(ids, is_masked, t_i, layer=layer, lc=lc, cm_c=cm_c, cm_u=cm_u, finer=finer, emb=emb):
                 cur = torch.where(is_masked[..., None], mask_token, emb(ids))  # (b, t, d)
                 x = cum + cur + finer
-                t = torch.full((b,), t_i, dtype=torch.float32, device=device)
-                e = self.diff_estimator(torch.cat([prompt_emb, x], dim=1), t, cond=layer_cond)[:, p:]
-                if cfg > 0:
-                    e_u = self.diff_estimator(x, t, cond=layer_cond[:, p:])
-                    e = cfg_combine(e, e_u, cfg, rescale_cfg)
-                return self.to_logits[layer](e)
+                with autocast(device, fast):
+                    e_c, e_u = guided_passes(self.diff_estimator, packer.place(x) + cm_c, packer.mask,
+                                             None if cm_u is None else x + cm_u, m_u, t_i, fast)
+                    e = packer.take(e_c)
+                    if e_u is not None:
+                        e = cfg_combine(e, e_u, lc.cfg, lc.rescale_cfg, rows, fast)
+                    return self.to_logits[layer](e)
 
-            ids = iterative_decode(logits_fn, b, n, int(n_timesteps[layer]), temp=temp, filter_thres=filter_thres,
-                                   device=device, noise=noise)
+            ids = masked_decode(logits_fn, target_lens, lc.n_timesteps, temp=lc.temp, filter_thres=lc.filter_thres,
+                                noise=noise, device=device, coupled=coupled, fast=fast)
             codes[:, :, layer] = ids
             cum = cum + emb(ids)
         return codes

@@ -153,8 +153,8 @@ def test_rank0_hook_restores_train_mode_loads_models_once_and_reuses_noise(tmp_p
                       s2a_full_steps=[1] * 12, s2a_config=S2A, codec_config=DECODER, output_dir=str(tmp_path / "s"))
     net = MetisStage1(hidden_size=16, num_layers=1, num_heads=2, cond_codebook_size=SEM_CODES)
     modes = []
-    generate = net.reverse_diffusion
-    net.reverse_diffusion = lambda *a, **k: modes.append(net.training) or generate(*a, **k)
+    generate = net.reverse_diffusion_rows
+    net.reverse_diffusion_rows = lambda *a, **k: modes.append(net.training) or generate(*a, **k)
     lens = torch.tensor([12, 20, 9])
     batch = {"sem": torch.arange(20).repeat(3, 1) % SEM_CODES, "sem_mask": (torch.arange(20) < lens[:, None]).float()}
     module = SimpleNamespace(net=net, device=torch.device("cpu"), semantic_tokens=lambda b: (b["sem"], b["sem_mask"]))

@@ -136,7 +136,7 @@ def test_cfg_unconditional_pass_drops_the_prompt():
     prompt = codes(1, p, 3)
     est_calls, head_inputs = [], []
     h1 = model.diff_estimator.register_forward_hook(
-        lambda m, args, kwargs, out: est_calls.append((args[0], kwargs["cond"], out)), with_kwargs=True)
+        lambda m, args, kwargs, out: est_calls.append((args[0], kwargs.get("cond"), out)), with_kwargs=True)
     hooks = [h1] + [head.register_forward_hook(lambda m, args, out, q=q: head_inputs.append((q, args[0])))
                     for q, head in enumerate(model.to_logits)]
     n_timesteps = [2, 2, 1]
@@ -148,14 +148,17 @@ def test_cfg_unconditional_pass_drops_the_prompt():
     prompt_emb = sum(model.token_emb[q](prompt[:, :, q]) for q in range(3))
     for i, (q, head_in) in enumerate(head_inputs):
         (x_c, cond_c, e_c), (x_u, cond_u, e_u) = est_calls[2 * i], est_calls[2 * i + 1]
+        # the condition goes through cond_mlp once per layer and is added to the estimator input
         layer_cond = cond + model.layer_emb.weight[q]
-        assert x_c.shape[1] == p + n and torch.equal(x_c[:, :p], prompt_emb) and torch.equal(cond_c, layer_cond)
-        assert x_u.shape[1] == n and torch.equal(x_u, x_c[:, p:]) and torch.equal(cond_u, layer_cond[:, p:])
+        cm, cm_u = model.diff_estimator.cond_mlp(layer_cond), model.diff_estimator.cond_mlp(layer_cond[:, p:])
+        assert cond_c is None and cond_u is None
+        assert x_c.shape[1] == p + n and torch.allclose(x_c[:, :p], prompt_emb + cm[:, :p], atol=1e-6)
+        assert x_u.shape[1] == n and torch.allclose(x_u, x_c[:, p:] - cm[:, p:] + cm_u, atol=1e-6)
         assert torch.allclose(head_in, cfg_combine(e_c[:, p:], e_u, 2.0, 0.6), atol=1e-6)
     # cfg = 0 runs the conditional pass only.
     est_calls.clear()
     h1 = model.diff_estimator.register_forward_hook(
-        lambda m, args, kwargs, out: est_calls.append((args[0], kwargs["cond"], out)), with_kwargs=True)
+        lambda m, args, kwargs, out: est_calls.append((args[0], kwargs.get("cond"), out)), with_kwargs=True)
     model.reverse_diffusion(cond, prompt, filter_thres=0.75, n_timesteps=n_timesteps, cfg=0)
     h1.remove()
     assert len(est_calls) == sum(n_timesteps) and all(x.shape[1] == p + n for x, _, _ in est_calls)
