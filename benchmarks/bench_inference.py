@@ -77,7 +77,7 @@ def make_item(task: str, vocab: int, prompt_frames: int, target_frames: int) -> 
     g = torch.Generator().manual_seed(1)
     tp = 0 if task == "se" else prompt_frames
     ids = torch.randint(0, vocab, (tp,), generator=g)
-    acoustic = torch.randint(0, 1024, (tp + (1 if tp else 0), 12), generator=g)  # one frame longer (Q10)
+    acoustic = torch.randint(0, 1024, (tp + (1 if tp else 0), 12), generator=g)  # one frame longer (docs/reference.md Q10)
     phones = torch.randint(0, 300, (4 * (tp + target_frames) // 10,), generator=g) if task == "tts" else None
     cond = None
     if task in ("se", "tse", "vc"):

@@ -107,7 +107,7 @@ def test_strict_load_copies_values_and_allow_missing():
 
 
 def test_zero_size_s2a_key_present_or_absent():
-    """Q14: S2A's zero-size diff_estimator.embed_tokens.weight is accepted either way."""
+    """docs/reference.md Q14: S2A's zero-size diff_estimator.embed_tokens.weight is accepted either way."""
     torch.manual_seed(0)
     src = perturbed(MaskGCTS2A(**TINY_S2A))
     sd = src.state_dict()

@@ -53,7 +53,7 @@ def test_layout(stem):
 
 @pytest.mark.parametrize("stem", [s for s in LAYOUT_FILES if "num_trainable_parameters" in SUMMARY[s]])
 def test_trainable_counts_as_reference(stem):
-    """What the reference's models mark trainable; for LoRA-wrapped ones that is plain LoraModel (Q13)."""
+    """What the reference's models mark trainable; for LoRA-wrapped ones that is plain LoraModel (docs/reference.md Q13)."""
     kind = _kind(stem)
     model = published.build(kind, "meta", trainable_modules=()) if published.KINDS[kind].lora else published.build(kind, "meta")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -2,7 +2,7 @@
 finding a published file on disk or on the Hugging Face Hub.
 
 The reference loads its checkpoints non-strictly and overwrites adapter tensors without shape
-checks (ARCHITECTURE.md Q12), so a wrong or truncated file loads "successfully". Everything here
+checks (docs/reference.md Q12), so a wrong or truncated file loads "successfully". Everything here
 fails loudly instead, naming the file and the keys.
 """
 
@@ -152,7 +152,7 @@ def check_state_dict(expected: Mapping[str, torch.Size | tuple[int, ...]], actua
         source: the file name, used in the error message.
         allow_missing: keys (or fnmatch patterns such as "cond_adapter.*") the file may lack.
         ignore_zero_size: accept zero-size tensors (S2A's vestigial `diff_estimator.embed_tokens.weight`
-            [0, 256], Q14) whether the file has them or not.
+            [0, 256], docs/reference.md Q14) whether the file has them or not.
         note: an extra line for the error message.
     """
     allow_missing = tuple(allow_missing)
@@ -176,7 +176,7 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sourc
               allow_missing: Iterable[str] = (), ignore_zero_size: bool = True, assign: bool = False) -> nn.Module:
     """Strictly load `state_dict` into `model`.
 
-    Unlike the reference's non-strict loads (Q12), every missing, unexpected or mis-shaped key is
+    Unlike the reference's non-strict loads (docs/reference.md Q12), every missing, unexpected or mis-shaped key is
     an error that names `source` and the key (with both shapes). Values are copied into the
     model's tensors (converting dtype), or assigned when `assign` is true.
 
@@ -185,7 +185,7 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sourc
         state_dict: key -> tensor, keys as in `model.state_dict()`.
         source: the file the tensors came from (for the error message).
         allow_missing: keys or fnmatch patterns the file may lack (they keep their current values).
-        ignore_zero_size: accept zero-size tensors present or absent (Q14).
+        ignore_zero_size: accept zero-size tensors present or absent (docs/reference.md Q14).
         assign: pass-through to `load_state_dict(assign=...)`.
     Returns:
         `model`.

@@ -9,7 +9,7 @@ The published fine-tunes (se, tse: r = 32; vc.json: r = 16; α = 2r, dropout 0.0
 `model.` is the attribute under which `peft.LoraModel` keeps the wrapped module, and `default` is
 peft's adapter name; A is [r, in], B is [out, r]. Merging gives W' = W + (α/r)·B·A per target.
 
-Unlike the reference (ARCHITECTURE.md Q12, Q13), every load here is strict and the adapter (and,
+Unlike the reference (docs/reference.md Q12, Q13), every load here is strict and the adapter (and,
 for TTS, the phone modules) stay trainable under LoRA.
 """
 
@@ -62,7 +62,7 @@ def wrap_lora(model: nn.Module, r: int = 32, alpha: float | None = None, dropout
         dropout: dropout on the LoRA branch input (0.01 in the released configs).
         trainable_modules: submodule names (as in `model.named_modules()`) to keep trainable. None
             means `cond_adapter` when the model has one: the released adapter files were trained,
-            though plain LoraModel freezes them (Q13). Pass TTS_TRAINABLE (+ "cond_adapter") for a
+            though plain LoraModel freezes them (docs/reference.md Q13). Pass TTS_TRAINABLE (+ "cond_adapter") for a
             TTS fine-tune whose text modules are new; pass () for plain LoraModel behaviour.
     Returns:
         The peft LoraModel (forward calls go to the wrapped model).
@@ -166,7 +166,7 @@ def _as_state_dict(src: StateDictSource, device: str | torch.device) -> tuple[di
 def load_split(base_file: StateDictSource, adapter_file: StateDictSource, lora_file: StateDictSource,
                model_kwargs: Mapping, r: int, alpha: float | None = None, *, dropout: float = LORA_DROPOUT,
                device: str | torch.device = "cpu", merge: bool = True) -> nn.Module:
-    """Assemble a LoRA fine-tune from its three published files, strictly (ARCHITECTURE.md §6).
+    """Assemble a LoRA fine-tune from its three published files, strictly (docs/reference.md §6).
 
     1. build MetisStage1(**model_kwargs) (it must have a cond_adapter);
     2. base file: exactly the model's keys minus `cond_adapter.*`;

@@ -111,7 +111,7 @@ KINDS: Mapping[str, FileKind] = MappingProxyType({
                                         note="what the reference's LoRA branch would build for omni: adapter, no phones"),
     "metis_l2s_simple_adapter": FileKind(STAGE1, {"ft_type": "l2s", "cond_dim": 768, "use_zero_gate_adapter": True},
                                          "model", None, None, layouts=("metis_stage1_plain_l2s__base_path_SimpleAdapter",),
-                                         note="Q11: the reference's LoRA branch ignores use_zero_gate_adapter for l2s; "
+                                         note="docs/reference.md Q11: the reference's LoRA branch ignores use_zero_gate_adapter for l2s; "
                                               "the released l2s checkpoint is NOT this layout"),
     "metis_l2s": FileKind(STAGE1, {"ft_type": "l2s", "cond_dim": 768}, "model", METIS_REPO, "metis_l2s/metis_l2s.safetensors",
                           layouts=("ckpt_full_l2s__l2s",),
@@ -121,11 +121,11 @@ KINDS: Mapping[str, FileKind] = MappingProxyType({
                            note="omni.json (= tts.json of commit 854e305): phone prefix and SimpleAdapter"),
     "metis_tts": FileKind(STAGE1, {"ft_type": "tts", "use_phone_cond": True}, "model", MASKGCT_REPO,
                           "t2s_model/model.safetensors", layouts=("ckpt_full_tts__tts", "maskgct_t2s__tts_json"),
-                          note="Metis-TTS is the MaskGCT T2S checkpoint (Q17: not t2s/model.safetensors)"),
+                          note="Metis-TTS is the MaskGCT T2S checkpoint (docs/reference.md Q17: not t2s/model.safetensors)"),
     # --- MaskGCT (amphion/MaskGCT)
     "maskgct_s2a_1layer": FileKind(S2A, {"num_quantizer": 1, "predict_layer_1": True}, "model", MASKGCT_REPO,
                                    "s2a_model/s2a_model_1layer/model.safetensors", layouts=("maskgct_s2a_1layer",),
-                                   note="S2A for acoustic layer 0 (Q14: zero-size embed_tokens key)"),
+                                   note="S2A for acoustic layer 0 (docs/reference.md Q14: zero-size embed_tokens key)"),
     "maskgct_s2a_full": FileKind(S2A, {"num_quantizer": 12, "predict_layer_1": False}, "model", MASKGCT_REPO,
                                  "s2a_model/s2a_model_full/model.safetensors", layouts=("maskgct_s2a_full",),
                                  note="S2A for acoustic layers 1-11"),
@@ -134,7 +134,7 @@ KINDS: Mapping[str, FileKind] = MappingProxyType({
     "acoustic_encoder": FileKind(CODEC_ENCODER, {}, "model", MASKGCT_REPO, "acoustic_codec/model.safetensors",
                                  layouts=("acoustic_codec_encoder",), note="DAC-style encoder (weight-norm g/v keys)"),
     "acoustic_decoder": FileKind(CODEC_DECODER, {}, "model", MASKGCT_REPO, "acoustic_codec/model_1.safetensors",
-                                 layouts=("acoustic_codec_decoder",), note="RVQ + Vocos decoder (Q15: holds the ISTFT window)"),
+                                 layouts=("acoustic_codec_decoder",), note="RVQ + Vocos decoder (docs/reference.md Q15: holds the ISTFT window)"),
 })
 
 # LoRA fine-tunes assembled from three files: task -> (base kind, adapter kind, LoRA kind).

@@ -25,7 +25,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-#: the paper's metric set per task (PAPER §8): intrusive metrics run only where a clean reference exists
+#: the paper's metric set per task (docs/reference.md §10.8): intrusive metrics run only where a clean reference exists
 TASK_METRICS: dict[str, list[str]] = {
     "tts": ["wer", "sim", "dnsmos"],
     "vc": ["wer", "sim", "dnsmos"],

@@ -1,4 +1,4 @@
-"""Published numbers to print beside a run (from the project's paper digest, PAPER.md §9).
+"""Published numbers to print beside a run (from the project's paper digest, docs/reference.md §10.9).
 
 Keyed by protocol and subset as the readers name them. Metis values come from secondary sources
 (see the digest); WER is in percent, as in the papers.
@@ -40,7 +40,7 @@ def published_markdown(protocol: str | None, subsets: list[str]) -> str:
         return ""
     keys = list(dict.fromkeys(k for _, _, v in rows for k in v))
     head = [("WER (%)" if k == "wer" else "CER (%)" if k == "cer" else k) for k in keys]
-    lines = ["Published (PAPER.md §9; SIM there is WavLM-TDNN, WER Whisper-large-v3 / Paraformer-zh):", "",
+    lines = ["Published (docs/reference.md §10.9; SIM there is WavLM-TDNN, WER Whisper-large-v3 / Paraformer-zh):", "",
              "| subset | system | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(keys)]
     for s, system, vals in rows:
         lines.append(f"| {s} | {system} | " + " | ".join(f"{vals[k]:g}" if k in vals else "–" for k in keys) + " |")

@@ -63,5 +63,5 @@ def load_video_features(path: str | Path) -> torch.Tensor:
 
 
 def upsample_video_features(feats: torch.Tensor) -> torch.Tensor:
-    """(T_v, c) at 25 Hz -> (2 T_v, c) at 50 Hz, linear interpolation with align_corners=False (§6 l2s)."""
+    """(T_v, c) at 25 Hz -> (2 T_v, c) at 50 Hz, linear interpolation with align_corners=False (docs/reference.md §6 l2s)."""
     return torch.nn.functional.interpolate(feats.T[None], scale_factor=2, mode="linear", align_corners=False)[0].T.contiguous()

@@ -4,7 +4,7 @@ this project's exports (`model.safetensors` + `config.json` from `ExportSafetens
 
 Stage-1 checkpoint per task (default sources; `stage1={task: source}` replaces one):
 
-    tts   amphion/MaskGCT  t2s_model/model.safetensors                       (Metis-TTS = MaskGCT T2S, Q17)
+    tts   amphion/MaskGCT  t2s_model/model.safetensors                       (Metis-TTS = MaskGCT T2S, docs/reference.md Q17)
     se    amphion/metis    metis_se/metis_se.safetensors, else the LoRA split:
                            metis_base/model.safetensors + metis_se/metis_se_lora_32{,_adapter}.safetensors
     tse   amphion/metis    the same pattern (LoRA r=32)

@@ -1,6 +1,6 @@
 """The inference pipeline: audio in -> SSL / acoustic tokens -> stage 1 -> S2A -> codec -> 24 kHz wav.
 
-ARCHITECTURE.md §6. One `Pipeline` holds the models (stage-1 model per task, the two S2A models, the
+docs/reference.md §6. One `Pipeline` holds the models (stage-1 model per task, the two S2A models, the
 semantic and acoustic tokenizers, G2P); every component is injectable, so tests run tiny random
 models through the same code.
 

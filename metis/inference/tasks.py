@@ -1,6 +1,6 @@
 """Task requests, their published default settings, and the chunking rule for long inputs.
 
-Published defaults (ARCHITECTURE.md §6, PAPER.md §7): stage 1 temperature 0.9 and top-k threshold
+Published defaults (docs/reference.md §6, docs/reference.md §10.7): stage 1 temperature 0.9 and top-k threshold
 0.98 for every task, with
 
     task   steps  cfg   rescale

@@ -1,7 +1,7 @@
 """Batch -> task inputs: the conditions of every fine-tuning task, simulated on the fly from clean speech.
 
 A builder turns a loader batch (`metis.data.collate`: `wav16`, `sem`, `vis`, `text`, `speaker`, ...)
-into the keyword arguments of `MetisStage1.forward` for one task (ARCHITECTURE.md §6, PAPER.md §6):
+into the keyword arguments of `MetisStage1.forward` for one task (docs/reference.md §6, docs/reference.md §10.6):
 
     task  x0 (target tokens)             finetune_cond (adapter input)              prompt / phones
     se    tokens(clean)                  feats(degrade(clean))                      no prompt (prompt_len 0)
@@ -16,7 +16,7 @@ extractor (`SemanticTokenizer.features` for real runs, `KMeansTokenizer.features
 computed by the caller's extractor under no_grad. Every random draw comes from the `generator`
 passed in, so a batch's conditions are a function of (batch, seed).
 
-Frame alignment (Q9): features of a concatenated waveform can be a frame longer or shorter than the
+Frame alignment (docs/reference.md Q9): features of a concatenated waveform can be a frame longer or shorter than the
 concatenated tokens; `align_frames` crops or repeats the last frame so that the condition has exactly
 the token length, and the offsets are reported in the stats (`cond_frame_offset`).
 
@@ -219,7 +219,7 @@ class PromptedConditions(ConditionBuilder):
         fallback_prompt_ratio: without a reservoir prompt, the leading (lo, hi) fraction of the
             utterance is the prompt and the rest the target.
         p_drop_prompt: probability per batch of training without a prompt (x0 and condition keep
-            only the target part), so that the unconditional CFG branch is trained (Q8).
+            only the target part), so that the unconditional CFG branch is trained (docs/reference.md Q8).
         sample_rate, frame_rate: samples per second of the audio and frames per second of the tokens.
     """
 

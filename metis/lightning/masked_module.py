@@ -1,7 +1,7 @@
 """Lightning modules for masked generative pre-training: Metis stage 1 (SSL tokens) and MaskGCT S2A
 (acoustic tokens conditioned on SSL tokens).
 
-The nets own the corruption (ARCHITECTURE.md §2.3, §3.3); these modules own the objective (cross-entropy
+The nets own the corruption (docs/reference.md §2.3, §3.3); these modules own the objective (cross-entropy
 on masked, non-padding frames), optimisation, metrics and the bits of state a resumed run needs.
 
 Batch keys (from `metis.data`): `sem` (b, t) int64 SSL tokens, `sem_mask` (b, t) 1 = valid; for S2A
@@ -179,7 +179,7 @@ def _numpy_state_from_plain(state: tuple) -> tuple:
 
 
 class Stage1PretrainModule(MaskedGenerativeModule):
-    """Metis stage-1 pre-training on SSL tokens with no condition (ARCHITECTURE.md §2.3)."""
+    """Metis stage-1 pre-training on SSL tokens with no condition (docs/reference.md §2.3)."""
 
     def model_step(self, batch: dict):
         tokens, mask = self.semantic_tokens(batch)
@@ -191,9 +191,9 @@ class Stage1PretrainModule(MaskedGenerativeModule):
 
 
 class S2APretrainModule(MaskedGenerativeModule):
-    """MaskGCT S2A pre-training: acoustic tokens of one sampled layer, conditioned on SSL tokens (§3.3).
+    """MaskGCT S2A pre-training: acoustic tokens of one sampled layer, conditioned on SSL tokens (docs/reference.md §3.3).
 
-    Semantic and acoustic streams differ by about one frame (Q10); both are cut to their common length.
+    Semantic and acoustic streams differ by about one frame (docs/reference.md Q10); both are cut to their common length.
     Accuracy is also logged per trained layer (`train/acc_top1_layer{L}`).
     """
 

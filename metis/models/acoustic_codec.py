@@ -1,4 +1,4 @@
-"""Acoustic codec (24 kHz, 50 Hz, 12 x 1024 codes): ARCHITECTURE.md §5.
+"""Acoustic codec (24 kHz, 50 Hz, 12 x 1024 codes): docs/reference.md §5.
 
 - `CodecEncoder`: DAC-style stack of weight-normalised convs with snake activations; 24 kHz waveform ->
   (b, 256, t) with t = n / 480 for n a multiple of 480 (strides 3*4*5*8).
@@ -116,13 +116,13 @@ class CodecEncoder(nn.Module):
 
     def _zero_biases(self) -> None:
         # The reference's trunc_normal_ init hits the recomputed `.weight` of weight-norm convs and has
-        # no effect (quirk Q2): the effective init is torch's default for v, g = |v|, bias 0.
+        # no effect (docs/reference.md Q2): the effective init is torch's default for v, g = |v|, bias 0.
         for m in self.modules():
             if isinstance(m, nn.Conv1d) and m.bias is not None and m.bias.device.type != "meta":
                 nn.init.zeros_(m.bias)
 
     def num_frames(self, n: int) -> int:
-        """Frames produced for n samples (exact floor chain of the strided convs, §0)."""
+        """Frames produced for n samples (exact floor chain of the strided convs, docs/reference.md §0)."""
         for s in self.up_ratios:
             n = (n + 2 * math.ceil(s / 2) - 2 * s) // s + 1
         return n
@@ -290,7 +290,7 @@ class CodecDecoder(nn.Module):
     and `up_ratios` configure the non-Vocos decoder, and `codebook_type`, `kmeans_init`,
     `kmeans_iters`, `decay`, `eps`, `threshold_ema_dead_code` the EMA quantizer; none of them affects
     this model, and neither does `in_channel`, a typo of the released config that the reference also
-    ignores (quirk Q16). `weight_init` must be false (the released value).
+    ignores (docs/reference.md Q16). `weight_init` must be false (the released value).
     """
 
     def __init__(
@@ -334,7 +334,7 @@ class CodecDecoder(nn.Module):
             in_channels, num_quantizers, codebook_size, codebook_dim, quantizer_dropout, commitment, codebook_loss_weight, use_l2_normlize
         )
         self.model = Vocos(in_channels, vocos_dim, vocos_intermediate_dim, vocos_num_layers, n_fft, hop_size, padding)
-        for m in self.quantizer.modules():  # biases 0; weight-norm weights keep torch's init (Q2)
+        for m in self.quantizer.modules():  # biases 0; weight-norm weights keep torch's init (docs/reference.md Q2)
             if isinstance(m, nn.Conv1d) and m.bias.device.type != "meta":
                 nn.init.zeros_(m.bias)
 

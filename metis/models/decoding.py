@@ -234,7 +234,7 @@ def masked_decode(logits_fn: LogitsFn, lengths: Sequence[int], n_timesteps: int,
         sin_next = torch.sin(t_next * math.pi / 2).to(device)
         # coupled: row 0 decides for all (docs/reference.md Q6); per row: each its own count
         counts = torch.floor(sin_next * (lens[:1] if coupled else lens).float()).long().expand(b)
-        active = active & (counts > 0)  # a row with no count left stops with its sampled tokens (Q7)
+        active = active & (counts > 0)  # a row with no count left stops with its sampled tokens (docs/reference.md Q7)
         if not bool(active.any()):
             break
         neg = -torch.finfo(torch.float32).max

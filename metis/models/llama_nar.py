@@ -1,5 +1,5 @@
 """Bidirectional Llama-style masked-generative transformer ("LlamaNAR"), shared by Metis stage 1,
-MaskGCT T2S and MaskGCT S2A. Behaviour follows ARCHITECTURE.md §1; parameter names are the
+MaskGCT T2S and MaskGCT S2A. Behaviour follows docs/reference.md §1; parameter names are the
 published checkpoints' keys (under the `diff_estimator.` prefix of the owning model).
 
 Axes: b batch, t frames (or prefix + frames), d hidden size, h heads, e head dim (= d / h).
@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """(b,) raw mask time in [0, 1] -> (b, dim): [sin(t f_k), cos(t f_k)], f_k = 10000^(-k/(dim/2-1)).
 
-    t is deliberately NOT scaled by 1000 (quirk Q18): the released weights were trained this way.
+    t is deliberately NOT scaled by 1000 (docs/reference.md Q18): the released weights were trained this way.
     """
     half = dim // 2
     freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * -(math.log(10000) / (half - 1)))
@@ -127,7 +127,7 @@ class LlamaNAR(nn.Module):
     Args:
         hidden_size: d. num_layers, num_heads: stack size (head dim = d / heads).
         use_cond_mlp: build `cond_mlp` (d -> 4d -> d) for a phone prefix or an added condition.
-        vestigial_embed_tokens: keep S2A's zero-size `embed_tokens.weight` [0, 256] key (Q14) so
+        vestigial_embed_tokens: keep S2A's zero-size `embed_tokens.weight` [0, 256] key (docs/reference.md Q14) so
             that the released S2A files load strictly; it is never used.
         gradient_checkpointing: recompute each layer in backward (saves activation memory).
     """
@@ -155,7 +155,7 @@ class LlamaNAR(nn.Module):
             cond: (b, t, d) frame-aligned condition, added through cond_mlp (S2A).
             prefix: (b, p, d) prefix embedding (phones), passed through cond_mlp and prepended;
                 p = 0 behaves exactly like no prefix (the CFG unconditional branch).
-            prefix_mask: (b, p) validity of the prefix (padded phone slots still take RoPE positions, Q19).
+            prefix_mask: (b, p) validity of the prefix (padded phone slots still take RoPE positions, docs/reference.md Q19).
         Returns:
             (b, t, d) hidden states for the x positions only.
         """
@@ -189,7 +189,7 @@ class LlamaNAR(nn.Module):
     def reset_parameters(self, std: float = 0.02, norm_init: str = "reference") -> None:
         """Fresh init for training from scratch: every Linear N(0, std) with zero bias.
 
-        norm_init="reference" keeps what the released code ends up with (Q1): the adaptive-norm gains
+        norm_init="reference" keeps what the released code ends up with (docs/reference.md Q1): the adaptive-norm gains
         are N(0, std) too, so every norm starts near 0 and early training is slow. "unit" is what the
         reference intended (gain weight 0, bias 1: every norm starts as a plain RMSNorm); it only
         changes from-scratch training, never a loaded checkpoint.

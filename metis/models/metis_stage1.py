@@ -1,4 +1,4 @@
-"""Metis stage 1 / MaskGCT T2S: masked generative modelling of semantic tokens (ARCHITECTURE.md §2).
+"""Metis stage 1 / MaskGCT T2S: masked generative modelling of semantic tokens (docs/reference.md §2).
 
 One class covers the published checkpoints:
 - Metis base (no phones, no adapter) = MaskGCT T2S without phone conditioning;
@@ -68,13 +68,13 @@ class MetisStage1(nn.Module):
         use_phone_cond: build `phone_emb` and the estimator's `cond_mlp` (tts, omni).
         ft_type: None/"tts" (no adapter) or one of vc, se, tse, l2s, omni (builds `cond_adapter`).
         cond_dim: adapter input size c (1024 for w2v-BERT features, 768 for l2s visual features).
-        use_zero_gate_adapter: None means True unless ft_type == "l2s", which uses a plain MLP (Q11).
+        use_zero_gate_adapter: None means True unless ft_type == "l2s", which uses a plain MLP (docs/reference.md Q11).
         phone_vocab_size, phone_pad_id: phone table size and its padding row (zero at init).
         mask_prob_floor: lower bound of the training mask ratio sin(πt/2).
         prompt_max_ratio: training prompt lengths are drawn below int(ratio · T).
         gradient_checkpointing: recompute each estimator layer in backward.
         norm_init: from-scratch init of the adaptive-norm gains: "reference" (≈0, as the released code
-            ends up with, Q1) or "unit" (the intended 1; trains faster from scratch). Irrelevant when
+            ends up with, docs/reference.md Q1) or "unit" (the intended 1; trains faster from scratch). Irrelevant when
             a checkpoint is loaded.
     """
 
@@ -118,7 +118,7 @@ class MetisStage1(nn.Module):
         self.diff_estimator.gradient_checkpointing = on
 
     def reset_parameters(self) -> None:
-        """From-scratch init as the reference ends up with (Q1, Q3): every Linear and Embedding of the
+        """From-scratch init as the reference ends up with (docs/reference.md Q1, Q3): every Linear and Embedding of the
         T2S part N(0, 0.02) with zero biases (adaptive-norm gains included, so they start near 0),
         the phone padding row zero. The adapter keeps torch's default Linear init; a SimpleAdapter's
         gate is 0, so a fresh adapter is a no-op on the input."""
@@ -160,7 +160,7 @@ class MetisStage1(nn.Module):
     # ---------------------------------------------------------------- training
 
     def forward_diffusion(self, x0: torch.Tensor, t: torch.Tensor, prompt_len: torch.Tensor | None = None):
-        """Corrupt x0 at mask time t (§2.3), drawing from torch's global RNG in the reference's order:
+        """Corrupt x0 at mask time t (docs/reference.md §2.3), drawing from torch's global RNG in the reference's order:
         [u (1,) for prompt dropout, randint (b,) prompt lengths — both only without prompt_len], then a
         Bernoulli (b, t) mask.
 
@@ -175,9 +175,9 @@ class MetisStage1(nn.Module):
         if prompt_len is None:
             # One draw per batch: with probability cfg_scale the whole batch is unconditional.
             if torch.rand(1) > self.cfg_scale:
-                low, high = min(n // 4, 5), int(n * self.prompt_max_ratio)  # min, not max: reference quirk (Q4)
+                low, high = min(n // 4, 5), int(n * self.prompt_max_ratio)  # min, not max: reference quirk (docs/reference.md Q4)
                 if high <= low:
-                    raise ValueError(f"cannot draw a prompt length in [{low}, {high}) for a padded length of {n} frames (Q4: T2S needs T >= 3)")
+                    raise ValueError(f"cannot draw a prompt length in [{low}, {high}) for a padded length of {n} frames (docs/reference.md Q4: T2S needs T >= 3)")
                 prompt_len = torch.randint(low, high, (b,)).to(x0.device)
             else:
                 prompt_len = torch.zeros(b, dtype=torch.long, device=x0.device)
@@ -192,7 +192,7 @@ class MetisStage1(nn.Module):
         is_prompt = torch.arange(n, device=x0.device)[None, :] < prompt_len[:, None]
         mask = mask.masked_fill(is_prompt, 0)
         # A row with nothing masked gets its first frame after the prompt masked, even if that
-        # frame is padding (Q5).
+        # frame is padding (docs/reference.md Q5).
         empty = (mask.sum(dim=1) == 0).nonzero()[:, 0]
         mask[empty, prompt_len[empty]] = 1
         mask = mask[..., None]
@@ -206,7 +206,7 @@ class MetisStage1(nn.Module):
         Args:
             x0: (b, t) target ids. x_mask: (b, t) 1 for valid frames, 0 for padding.
             phone_id, phone_mask: (b, p) phone prefix and its validity (padded slots still take
-                RoPE positions, Q19).
+                RoPE positions, docs/reference.md Q19).
             finetune_cond: (b, t, c) adapter features. prompt_len: (b,) optional fixed prompt lengths.
         Returns:
             Stage1Output; the loss (cross-entropy where final_mask = 1) is left to the trainer.
@@ -304,7 +304,7 @@ class MetisStage1(nn.Module):
             adapt_t = segment(adapt, prompt_lens, target_lens)
         context, context_lens = [prompt_emb], [prompt_lens]
         if phone_id is not None and phone_id.shape[1] > 0:
-            context.insert(0, self.diff_estimator.cond_mlp(self.phone_prefix(phone_id.to(device))))  # the prefix (§1.6)
+            context.insert(0, self.diff_estimator.cond_mlp(self.phone_prefix(phone_id.to(device))))  # the prefix (docs/reference.md §1.6)
             context_lens.insert(0, phone_lens)
         packer = Packer(context, context_lens, target_lens)
         m_u = valid_mask(target_lens, n, device).float()

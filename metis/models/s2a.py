@@ -1,6 +1,6 @@
 """MaskGCT semantic-to-acoustic model (S2A): semantic tokens -> Nq layers of acoustic codec tokens.
 
-Behaviour follows ARCHITECTURE.md §3 (and §2.4 for the per-layer decoding loop); parameter names are
+Behaviour follows docs/reference.md §3 (and docs/reference.md §2.4 for the per-layer decoding loop); parameter names are
 the published `s2a_1layer` / `s2a_full` keys, so released files load without a converter.
 
 Axes: b batch, t frames, p prompt frames, q codec layer (quantizer), v codebook, d hidden size.
@@ -54,7 +54,7 @@ class MaskGCTS2A(nn.Module):
         predict_layer_1: if False, layer 0 is never trained (s2a_full, whose layer 0 comes from s2a_1layer).
         prompt_max_ratio: training prompt lengths are drawn below int(prompt_max_ratio * t) (reference: t // 2).
         gradient_checkpointing: recompute estimator layers in backward.
-        norm_init: from-scratch init of the adaptive-norm gains: "reference" (≈0, Q1) or "unit" (the
+        norm_init: from-scratch init of the adaptive-norm gains: "reference" (≈0, docs/reference.md Q1) or "unit" (the
             intended 1; trains faster from scratch). Irrelevant when loading a checkpoint.
     """
 
@@ -83,14 +83,14 @@ class MaskGCTS2A(nn.Module):
         self.token_emb = nn.ModuleList(nn.Embedding(codebook_size, d) for _ in range(num_quantizer))
         self.to_logits = nn.ModuleList(nn.Linear(d, codebook_size) for _ in range(num_quantizer))
         self.cond_emb = nn.Embedding(cond_codebook_size, d)
-        # Condition variant of the estimator; keeps the zero-size `embed_tokens.weight` key (Q14).
+        # Condition variant of the estimator; keeps the zero-size `embed_tokens.weight` key (docs/reference.md Q14).
         self.diff_estimator = LlamaNAR(d, num_layers, num_heads, use_cond_mlp=True, vestigial_embed_tokens=True,
                                        gradient_checkpointing=gradient_checkpointing)
         self.norm_init = norm_init
         self.reset_parameters()
 
     def reset_parameters(self, std: float = 0.02) -> None:
-        """Fresh init as the reference ends up with: embeddings and Linears N(0, std), biases 0 (Q1, Q3);
+        """Fresh init as the reference ends up with: embeddings and Linears N(0, std), biases 0 (docs/reference.md Q1, Q3);
         the adaptive-norm gains per `norm_init`."""
         for m in self.modules():
             if isinstance(m, nn.Embedding):
@@ -105,7 +105,7 @@ class MaskGCTS2A(nn.Module):
             raise ValueError(f"norm_init must be 'reference' or 'unit', got {self.norm_init!r}")
 
     # ----------------------------------------------------------------------------------------------
-    # training-time corruption (§3.3)
+    # training-time corruption (docs/reference.md §3.3)
 
     def layer_weights(self) -> torch.Tensor:
         """(q,) float probabilities of training each layer under `mask_layer_schedule`.
@@ -132,7 +132,7 @@ class MaskGCTS2A(nn.Module):
 
     def embed_input(self, x0: torch.Tensor, mask: torch.Tensor, mask_layer: int | torch.Tensor,
                     prompt_len: torch.Tensor) -> torch.Tensor:
-        """Summed multi-layer input embedding for training layer L (§3.2).
+        """Summed multi-layer input embedding for training layer L (docs/reference.md §3.2).
 
         Args:
             x0: (b, t, q) long codes. mask: (b, t, 1) 1 where layer L is masked.
@@ -171,8 +171,8 @@ class MaskGCTS2A(nn.Module):
         b, n, nq = x0.shape
         if nq != self.num_quantizer:
             raise ValueError(f"x0 has {nq} codec layers, model has num_quantizer={self.num_quantizer}")
-        hi = int(n * self.prompt_max_ratio)  # n // 2 at the reference's 0.5; bounds use the padded length (Q4)
-        lo = min(n // 4, 5)  # min, not max, as in the reference (Q4)
+        hi = int(n * self.prompt_max_ratio)  # n // 2 at the reference's 0.5; bounds use the padded length (docs/reference.md Q4)
+        lo = min(n // 4, 5)  # min, not max, as in the reference (docs/reference.md Q4)
         if hi <= lo:
             raise ValueError(f"x0 has {n} frames: too short for a prompt length drawn from [{lo}, {hi})")
 
@@ -186,7 +186,7 @@ class MaskGCTS2A(nn.Module):
         mask = torch.bernoulli(torch.ones(b, n, device=x0.device) * mask_prob[:, None].float())  # (b, t)
         is_prompt = torch.arange(n, device=x0.device)[None, :] < prompt_len[:, None]
         mask[is_prompt] = 0
-        # At least one masked frame per row: the first after the prompt (may be padding, Q5).
+        # At least one masked frame per row: the first after the prompt (may be padding, docs/reference.md Q5).
         empty = mask.sum(dim=1) == 0
         mask[empty, prompt_len[empty]] = 1
         mask = mask[..., None]  # (b, t, 1)
@@ -214,7 +214,7 @@ class MaskGCTS2A(nn.Module):
         return S2AOutput(logits, mask_layer, final_mask, x0, prompt_len, mask_prob)
 
     # ----------------------------------------------------------------------------------------------
-    # inference (§3.4)
+    # inference (docs/reference.md §3.4)
 
     @torch.no_grad()
     def reverse_diffusion(self, cond: torch.Tensor, prompt: torch.Tensor, temp: float = 1.5, filter_thres: float = 0.98,

@@ -1,4 +1,4 @@
-"""Semantic codec (RepCodec): normalised w2v-BERT features <-> one 8192-entry codebook (ARCHITECTURE.md §4.4).
+"""Semantic codec (RepCodec): normalised w2v-BERT features <-> one 8192-entry codebook (docs/reference.md §4.4).
 
     feat (b,t,h) -> encoder: Vocos backbone (h -> d) + Linear(d -> h) -> (b,h,t)
                  -> quantizer: ResidualVQ of 1 FactorizedVQ (h -> e, cosine lookup, e -> h) -> codes (b,t)
@@ -54,7 +54,7 @@ class RepCodec(nn.Module):
             hidden_size, num_quantizers, codebook_size, codebook_dim,
             quantizer_dropout=0.0, commitment=commitment, codebook_loss_weight=codebook_loss_weight, use_l2_normlize=True,
         )
-        for m in self.quantizer.modules():  # biases 0; weight-norm weights keep torch's init (Q2)
+        for m in self.quantizer.modules():  # biases 0; weight-norm weights keep torch's init (docs/reference.md Q2)
             if isinstance(m, nn.Conv1d) and m.bias.device.type != "meta":
                 nn.init.zeros_(m.bias)
 

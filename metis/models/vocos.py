@@ -1,4 +1,4 @@
-"""Vocos ConvNeXt backbone and its ISTFT head (ARCHITECTURE.md §4.4, §5.3).
+"""Vocos ConvNeXt backbone and its ISTFT head (docs/reference.md §4.4, §5.3).
 
 The backbone is shared by the semantic codec (RepCodec encoder and decoder) and the acoustic codec
 decoder; the ISTFT head turns its frames into a 24 kHz waveform in the acoustic decoder. Parameter
@@ -90,7 +90,7 @@ class ISTFT(nn.Module):
         self.win_length = win_length or n_fft
         if (self.win_length - hop_length) % 2:
             raise ValueError(f"ISTFT: win_length - hop_length = {self.win_length - hop_length} must be even for 'same' padding")
-        # Persistent: the released decoder checkpoint stores it (quirk Q15).
+        # Persistent: the released decoder checkpoint stores it (docs/reference.md Q15).
         self.register_buffer("window", torch.hann_window(self.win_length))  # periodic Hann
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:

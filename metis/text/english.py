@@ -1,7 +1,7 @@
-"""English text -> phoneme string, as the reference ``english_to_ipa`` (G2P.md §5).
+"""English text -> phoneme string, as the reference ``english_to_ipa`` (docs/reference.md §9.5).
 
-Pipeline: abbreviations (§5.1) -> numbers (§5.2) -> the espeak tokenizer (§5.3-5.4) -> trailing word boundary
-(§5.5) -> symbol merges (§5.6). The returned string keeps the trailing ``|_`` when the raw espeak string ends in
+Pipeline: abbreviations (docs/reference.md §9.5.1) -> numbers (docs/reference.md §9.5.2) -> the espeak tokenizer (docs/reference.md §9.5.3–§9.5.4) -> trailing word boundary
+(docs/reference.md §9.5.5) -> symbol merges (docs/reference.md §9.5.6). The returned string keeps the trailing ``|_`` when the raw espeak string ends in
 one of :data:`TRAILING_BOUNDARY_CHARS`; :func:`metis.text.g2p.chn_eng_g2p` removes it again for pure English.
 """
 
@@ -47,10 +47,10 @@ ABBREVIATIONS = [
 ]
 _ABBREVIATION_PATTERNS = [(re.compile(rf"\b{abbr}\b", re.IGNORECASE), expansion) for abbr, expansion in ABBREVIATIONS]
 
-# A raw espeak string ending in one of these gets "|_" appended (§5.5 step 4); the backtick is U+0060.
+# A raw espeak string ending in one of these gets "|_" appended (docs/reference.md §9.5.5 step 4); the backtick is U+0060.
 TRAILING_BOUNDARY_CHARS = frozenset("p⁼ʰmftnlkxʃs`ɹaoəɛɪeɑʊŋiuɥwæjː")
 
-# (symbols to match, replacement), applied in order, each until it no longer matches (§5.6).
+# (symbols to match, replacement), applied in order, each until it no longer matches (docs/reference.md §9.5.6).
 SPECIAL_MAP = [
     ("t|ɹ", "tɹ"),
     ("d|ɹ", "dɹ"),
@@ -79,12 +79,12 @@ def expand_abbreviations(text: str) -> str:
 
 
 def normalize(text: str) -> str:
-    """Abbreviations then numbers; no case folding, no transliteration (§5.1-5.2)."""
+    """Abbreviations then numbers; no case folding, no transliteration (docs/reference.md §9.5.1–§9.5.2)."""
     return normalize_numbers(expand_abbreviations(text))
 
 
 def special_map(phonemes: str) -> str:
-    """Merge clusters and replace rare symbols (§5.6)."""
+    """Merge clusters and replace rare symbols (docs/reference.md §9.5.6)."""
     for pattern, replacement in _SPECIAL_PATTERNS:
         while True:
             phonemes, count = pattern.subn(replacement, phonemes)

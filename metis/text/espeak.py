@@ -1,6 +1,6 @@
-"""espeak-ng through phonemizer, configured exactly as the MaskGCT text tokenizer (G2P.md §5.3-5.5).
+"""espeak-ng through phonemizer, configured exactly as the MaskGCT text tokenizer (docs/reference.md §9.5.3–§9.5.5).
 
-The same tokenizer serves English (``en-us``) and the fr/de/ko paths (§10): per line, clean the characters,
+The same tokenizer serves English (``en-us``) and the fr/de/ko paths (docs/reference.md §9.10): per line, clean the characters,
 phonemize with punctuation preserved, then put ``|`` around every punctuation mark.
 
 The fixtures hold for espeak-ng 1.51; :func:`espeak_version` lets callers check what they run.
@@ -37,7 +37,7 @@ _BARS = re.compile(r"\|+")
 
 
 def clean_line(line: str) -> str:
-    """Character clean-up of one line before espeak (G2P.md §5.3, steps 1-6)."""
+    """Character clean-up of one line before espeak (docs/reference.md §9.5.3, steps 1-6)."""
     line = line.strip().translate(_FULLWIDTH)
     line = _ELLIPSES.sub("…", line)
     line = _NOT_KEPT.sub("", line)  # quotes, hyphens, dashes, brackets, & + @ # % $ / ... go
@@ -46,7 +46,7 @@ def clean_line(line: str) -> str:
 
 
 def mark_punctuation(phonemes: str) -> str:
-    """Surround punctuation with ``|``, collapse ``|`` runs, strip trailing ``|`` (§5.5 steps 1-3).
+    """Surround punctuation with ``|``, collapse ``|`` runs, strip trailing ``|`` (docs/reference.md §9.5.5 steps 1-3).
 
     A leading ``|`` stays (``'Curly`` -> ``|'|k...``).
     """
@@ -64,7 +64,7 @@ def espeak_version() -> tuple[int, ...]:
 
 
 class EspeakTokenizer:
-    """phonemizer's ``EspeakBackend`` with the reference settings (§5.4).
+    """phonemizer's ``EspeakBackend`` with the reference settings (docs/reference.md §9.5.4).
 
     Args:
         voice: espeak voice, e.g. ``"en-us"``, ``"fr-fr"``, ``"de"``, ``"ko"``.

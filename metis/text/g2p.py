@@ -1,4 +1,4 @@
-"""The MaskGCT/Metis text front end: text + language code -> (phoneme string, phone ids) (G2P.md §1, §3, §4).
+"""The MaskGCT/Metis text front end: text + language code -> (phoneme string, phone ids) (docs/reference.md §9.1, §9.3, §9.4).
 
 Routing as the reference helper: "en" and "zh" go through :meth:`G2P.chn_eng_g2p` (script segmentation, the
 language code is then ignored); "fr", "de" and "ko" go through espeak with that language's cleaner; "ja" and
@@ -53,7 +53,7 @@ class UnsupportedLanguageError(G2PError, NotImplementedError):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Script segmentation (§3)
+# Script segmentation (docs/reference.md §9.3)
 
 
 def script_class(ch: str) -> str:
@@ -89,7 +89,7 @@ def segment_by_script(text: str) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The cleaners for fr/de/ko (§10, "only in outline"). What the fixtures show: French splits hyphenated words
+# The cleaners for fr/de/ko (docs/reference.md §9.10, "only in outline"). What the fixtures show: French splits hyphenated words
 # ("allez-vous" -> "allez vous"); German and Korean text goes to espeak as it is (espeak reads the digits).
 
 _FR_HYPHEN = re.compile(r"-")

@@ -1,4 +1,4 @@
-"""Mandarin text -> phoneme string, as the reference ``chinese_to_ipa`` (G2P.md §6).
+"""Mandarin text -> phoneme string, as the reference ``chinese_to_ipa`` (docs/reference.md §9.6).
 
 Numbers (cn2an) -> normalisation -> jieba words + merges -> pinyin per word (lexicon, polyphone BERT) -> tone
 sandhi -> bopomofo -> the vocabulary's symbols. The quirks of the reference are kept: the 3-3-3 sandhi bug, the
@@ -69,9 +69,9 @@ SIMPLE_FINALS = {
 }  # fmt: skip
 _BOPOMOFO_CHARS = frozenset("".join(INITIALS) + "".join(SIMPLE_FINALS))
 
-# 儿 words whose 儿 keeps its own tone (§6.5 rule 5).
+# 儿 words whose 儿 keeps its own tone (docs/reference.md §9.6.5 rule 5).
 ER_KEEP_TONE = frozenset({"女儿", "老儿", "男儿", "少儿", "小儿"})
-# 一 followed by one of these is read in tone 1 (§6.5 rule 4: 一月, 一日, 一号).
+# 一 followed by one of these is read in tone 1 (docs/reference.md §9.6.5 rule 4: 一月, 一日, 一号).
 YI_TONE1_BEFORE = frozenset("月日号")
 _NUMERAL_DIGITS = frozenset("〇零一二三四五六七八九两")
 
@@ -85,7 +85,7 @@ class MissingMandarinResources(FileNotFoundError):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Text steps (§6.1-6.3)
+# Text steps (docs/reference.md §9.6.1–§9.6.3)
 
 
 def _is_cjk(ch: str) -> bool:
@@ -93,7 +93,7 @@ def _is_cjk(ch: str) -> bool:
 
 
 def number_to_chinese(text: str) -> str:
-    """Strip, then cn2an ``an2cn`` (§6.1): 25 -> 二十五, 1949年 -> 一九四九年, 30% -> 百分之三十."""
+    """Strip, then cn2an ``an2cn`` (docs/reference.md §9.6.1): 25 -> 二十五, 1949年 -> 一九四九年, 30% -> 百分之三十."""
     try:
         import cn2an
     except ImportError as e:
@@ -131,7 +131,7 @@ def _join_following(words: list[str], char: str) -> list[str]:
 
 
 def merge_words(words: list[str]) -> list[str]:
-    """The three merge passes after jieba (§6.3): X一X, then stand-alone 一 and 不 forward, 儿 backward."""
+    """The three merge passes after jieba (docs/reference.md §9.6.3): X一X, then stand-alone 一 and 不 forward, 儿 backward."""
     merged: list[str] = []
     skip_next = False
     for i, word in enumerate(words):
@@ -159,7 +159,7 @@ def split_words(text: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Tone sandhi on bopomofo syllables (§6.5). A syllable is a string of bopomofo letters plus tone marks; tone 1
+# Tone sandhi on bopomofo syllables (docs/reference.md §9.6.5). A syllable is a string of bopomofo letters plus tone marks; tone 1
 # has no mark yet. Non-syllable tokens (punctuation, unknown characters) pass through untouched.
 
 
@@ -231,7 +231,7 @@ def _yi_sandhi(word: str, syl: list[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Bopomofo -> vocabulary symbols (§6.6)
+# Bopomofo -> vocabulary symbols (docs/reference.md §9.6.6)
 
 
 def _syllable_to_ipa(syllable: str) -> list[str]:
@@ -276,7 +276,7 @@ def bopomofo_to_ipa(bopomofo: str) -> str:
 
 
 def finalize(ipa: str) -> str:
-    """Final clean-up (§6.6): drop the leading ``|``, odd characters, ``|`` around punctuation, collapse, strip."""
+    """Final clean-up (docs/reference.md §9.6.6): drop the leading ``|``, odd characters, ``|`` around punctuation, collapse, strip."""
     ipa = ipa.removeprefix("|")
     ipa = _CLEANUP.sub("", ipa)
     ipa = _PUNCT_CHAR.sub(r"|\1|", ipa)
@@ -285,7 +285,7 @@ def finalize(ipa: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The data-file dependent part: pinyin per word (§6.4)
+# The data-file dependent part: pinyin per word (docs/reference.md §9.6.4)
 
 
 @dataclass(frozen=True)
@@ -361,7 +361,7 @@ def _read_pairs(path: Path) -> dict[str, str]:
 
 
 class PolyphoneBert:
-    """The reference's polyphone classifier (§6.4): argmax over all classes, context = the zh segment."""
+    """The reference's polyphone classifier (docs/reference.md §9.6.4): argmax over all classes, context = the zh segment."""
 
     def __init__(self, onnx_path: Path, vocab_path: Path, polydict_path: Path):
         try:
@@ -399,7 +399,7 @@ class PolyphoneBert:
 
 
 class MandarinG2P:
-    """``chinese_to_ipa`` (§6) over a lexicon, a pinyin->bopomofo table and a polyphone classifier.
+    """``chinese_to_ipa`` (docs/reference.md §9.6) over a lexicon, a pinyin->bopomofo table and a polyphone classifier.
 
     Args:
         lexicon: word -> pinyin syllables with tone digits (``"银行" -> ["yin2", "hang2"]``).

@@ -1,4 +1,4 @@
-"""English number expansion, as the reference front end reads numbers (G2P.md §5.2).
+"""English number expansion, as the reference front end reads numbers (docs/reference.md §9.5.2).
 
 Quirks kept on purpose (the released checkpoint was trained on them): decimals read their fraction as a whole
 number, fractions catch dates, inflect's group commas and the comma in "dollars, N cents" become pause tokens,
@@ -88,7 +88,7 @@ def _integer(m: re.Match) -> str:
 
 
 def normalize_numbers(text: str) -> str:
-    """Spell out the numbers in ``text`` in the reference order (§5.2, steps 1-8)."""
+    """Spell out the numbers in ``text`` in the reference order (docs/reference.md §9.5.2, steps 1-8)."""
     text = _COMMA_NUMBER.sub(lambda m: m.group(1).replace(",", ""), text)
     text = _POUNDS.sub(r"\1 pounds", text)
     text = _DOLLARS.sub(_dollars, text)

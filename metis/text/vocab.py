@@ -1,4 +1,4 @@
-"""The MaskGCT/Metis phone vocabulary (G2P.md §2, §7).
+"""The MaskGCT/Metis phone vocabulary (docs/reference.md §9.2, §9.7).
 
 363 symbols, ids 0-362, read by the released T2S checkpoint. The model's ``phone_emb`` has 1024 rows with
 ``padding_idx=1023``: ids 363-1022 are never produced, and batches are padded with :data:`PHONE_PAD_ID`.

@@ -1,4 +1,4 @@
-"""Acoustic tokens: 24 kHz speech <-> 12 stages x 1024 codes at 50 Hz (ARCHITECTURE.md §5).
+"""Acoustic tokens: 24 kHz speech <-> 12 stages x 1024 codes at 50 Hz (docs/reference.md §5).
 
 Codes are stored (t, q) per utterance, and (b, t, q) in batches, as the reference AudioTokenizer does;
 the codec itself works on (q, b, t). A waveform of n samples gives the encoder's floor-chain frame

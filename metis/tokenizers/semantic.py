@@ -1,6 +1,6 @@
 """Semantic tokens: 16 kHz speech -> w2v-BERT 2.0 layer-17 features -> normalisation -> RepCodec codes.
 
-ARCHITECTURE.md §4. Rates and counts (§0): 160-dim stacked fbank frames at 50 Hz, T_s = ceil(F / 2)
+docs/reference.md §4. Rates and counts (docs/reference.md §0): 160-dim stacked fbank frames at 50 Hz, T_s = ceil(F / 2)
 with F = 1 + floor((n - 400) / 160) fbank frames; codes in [0, 8192).
 
 `W2vBertFeatureExtractor.features` gives the normalised features (Metis's `finetune_cond` for se, tse

@@ -21,7 +21,7 @@ def _check_alignment(inputs, tok):
     for i, f in enumerate(feats):
         n = int(lens[i])
         assert torch.allclose(inputs.finetune_cond[i, :n], align_frames(f.float(), n))
-        assert abs(f.shape[0] - n) <= 1  # Q9: at most one frame off before alignment
+        assert abs(f.shape[0] - n) <= 1  # docs/reference.md Q9: at most one frame off before alignment
         assert (inputs.finetune_cond[i, n:] == 0).all()
 
 

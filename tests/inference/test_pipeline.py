@@ -40,7 +40,7 @@ def test_vc_tse_end_to_end(pipeline, audio, task, tmp_path):
     out = tmp_path / f"{task}.wav"
     wav = pipeline(Request(task, input=str(audio["source"]), prompt=str(audio["prompt"]), output=str(out)))
     total = semantic_num_frames(load_audio(audio["prompt"], 16000).numel() + load_audio(audio["source"], 16000).numel())
-    assert wav.numel() == (total - acoustic_frames(audio["prompt"])) * 480  # semantic prompt+target minus acoustic prompt (Q10)
+    assert wav.numel() == (total - acoustic_frames(audio["prompt"])) * 480  # semantic prompt+target minus acoustic prompt (docs/reference.md Q10)
     assert torch.isfinite(wav).all()
     check_wav(out, wav.numel())
 

@@ -1,5 +1,5 @@
 """MetisStage1 behaviour on tiny configs: training corruption, padding, phones, adapters,
-gradient checkpointing and reverse diffusion (ARCHITECTURE.md §2)."""
+gradient checkpointing and reverse diffusion (docs/reference.md §2)."""
 
 import json
 import math
@@ -79,7 +79,7 @@ def test_every_row_has_a_masked_frame():
     x0 = torch.randint(0, V, (8, 4))
     for seed in range(10):
         torch.manual_seed(seed)
-        # Only frame 3 may be masked; when Bernoulli leaves the row empty it is masked anyway (Q5).
+        # Only frame 3 may be masked; when Bernoulli leaves the row empty it is masked anyway (docs/reference.md Q5).
         mask = model.forward_diffusion(x0, torch.full((8,), 1e-5), prompt_len=torch.full((8,), 3))[2][..., 0]
         assert (mask[:, :3] == 0).all() and (mask[:, 3] == 1).all()
 
@@ -100,7 +100,7 @@ def test_bad_prompt_len_and_short_sequences_raise():
     with pytest.raises(ValueError, match="prompt_len"):
         model.forward_diffusion(torch.zeros(2, 5, dtype=torch.long), torch.rand(2), prompt_len=torch.tensor([5, 0]))
     t = torch.rand(2)
-    torch.manual_seed(0)  # u = 0.496 > cfg_scale: a prompt length is drawn from an empty range (Q4)
+    torch.manual_seed(0)  # u = 0.496 > cfg_scale: a prompt length is drawn from an empty range (docs/reference.md Q4)
     with pytest.raises(ValueError, match="T >= 3"):
         model.forward_diffusion(torch.zeros(2, 2, dtype=torch.long), t)
 
@@ -145,7 +145,7 @@ def test_fresh_init():
     assert (model.phone_emb.weight[1023] == 0).all()
     assert model.cond_adapter.gate_scale.item() == 0
     norm = model.diff_estimator.layers[0].input_layernorm.to_weight
-    assert (norm.bias == 0).all() and norm.weight.std().item() == pytest.approx(0.02, rel=0.2)  # gain ~ 0 (Q1)
+    assert (norm.bias == 0).all() and norm.weight.std().item() == pytest.approx(0.02, rel=0.2)  # gain ~ 0 (docs/reference.md Q1)
     assert model.cond_emb.weight.std().item() == pytest.approx(0.02, rel=0.3)
 
 
@@ -225,7 +225,7 @@ def test_reverse_diffusion_with_adapter_and_prompt():
 
 def test_cfg_keeps_finetune_cond_for_empty_prompt():
     # Empty prompt, no phones: the unconditional input equals the conditional one only if it keeps
-    # the adapter features (Q8), so CFG must then change nothing at all.
+    # the adapter features (docs/reference.md Q8), so CFG must then change nothing at all.
     model = tiny(ft_type="se").eval()
     with torch.no_grad():
         model.cond_adapter.gate_scale.fill_(1.0)

@@ -1,4 +1,4 @@
-"""A golden fixture (ARCHITECTURE.md §8): its JSON, weights, inputs/outputs, and a check ledger."""
+"""A golden fixture (docs/reference.md §8): its JSON, weights, inputs/outputs, and a check ledger."""
 
 from __future__ import annotations
 

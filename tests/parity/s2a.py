@@ -1,4 +1,4 @@
-"""Parity checkers for the MaskGCT S2A fixtures `s2a` and `rd_s2a` (ARCHITECTURE.md §3, §8)."""
+"""Parity checkers for the MaskGCT S2A fixtures `s2a` and `rd_s2a` (docs/reference.md §3, §8)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ CONFIG_KEYS = ("num_quantizer", "hidden_size", "num_layers", "num_heads", "codeb
 
 
 def build_model(fx: Fixture) -> MaskGCTS2A:
-    """The fixture's model with its weights loaded strictly; zero-size keys the file drops are refilled (Q14)."""
+    """The fixture's model with its weights loaded strictly; zero-size keys the file drops are refilled (docs/reference.md Q14)."""
     model = MaskGCTS2A(**{k: fx.config[k] for k in CONFIG_KEYS}).eval()
     weights = fx.weights()
     own = model.state_dict()

@@ -39,7 +39,7 @@ def test_acoustic_round_trip_lengths(codec, path):
     wav = load24(path)
     n = wav.numel()
     t_a = n
-    for s in (3, 4, 5, 8):  # §0: each stage maps L -> floor((L + 2 ceil(s/2) - 2s) / s) + 1
+    for s in (3, 4, 5, 8):  # docs/reference.md §0: each stage maps L -> floor((L + 2 ceil(s/2) - 2s) / s) + 1
         t_a = (t_a + 2 * -(-s // 2) - 2 * s) // s + 1
     if n % 480 == 0:
         assert t_a == n // 480
@@ -64,6 +64,6 @@ def test_semantic_frames_of_the_16k_resample(semantic_tokenizer, path):
     assert semantic_num_frames(n) == expected
     feats = semantic_tokenizer.features([wav16])
     assert feats[0].shape[0] == expected
-    # §0: for the same audio the semantic side has T_a - 1 frames, sometimes T_a
+    # docs/reference.md §0: for the same audio the semantic side has T_a - 1 frames, sometimes T_a
     t_a = load24(path).numel() // 480
     assert expected in (t_a - 1, t_a)

@@ -154,4 +154,4 @@ def test_released_stats_copy():
 
     mean, std = load_stats(Path(__file__).resolve().parents[1] / "fixtures" / "wav2vec2bert_stats.safetensors")
     assert mean.shape == std.shape == (1024,)
-    assert 0.26 < std.min() < 0.27 and 4.47 < std.max() < 4.48  # §4.3: std in [0.266, 4.476]
+    assert 0.26 < std.min() < 0.27 and 4.47 < std.max() < 4.48  # docs/reference.md §4.3: std in [0.266, 4.476]

@@ -1,6 +1,6 @@
 """WavLM + ECAPA-TDNN speaker verification from a UniSpeech checkpoint (``wavlm_large_finetune.pth``).
 
-This is the speaker model behind the papers' SIM-O (MaskGCT §4.1, SeedTTS-eval). The checkpoint holds a
+This is the speaker model behind the papers' SIM-O (docs/reference.md §10.8, SeedTTS-eval). The checkpoint holds a
 ``model`` state dict with the WavLM upstream under ``feature_extract.model.`` (fairseq WavLM names) and
 the ECAPA-TDNN head at the top level. The upstream is rebuilt as a ``transformers`` ``WavLMModel`` (names
 mapped, sizes read from the tensors); the head is written here with the checkpoint's attribute names,
