@@ -1,4 +1,5 @@
-"""Fine-tune Metis for a task: TTS, VC, TSE, SE, L2S or Omni, full or LoRA, with condition adapters.
+"""Fine-tune Metis for a task: TTS, VC, TSE, SE, L2S or Omni, full or LoRA, with condition adapters
+(the same job as `metis finetune`).
 
     python finetune.py task=se init=amphion/metis features=semantic feature_dim=1024 data=shards data.train_shards=...
     python finetune.py task=tse init=outputs/demo/export peft=lora peft.r=16
@@ -6,18 +7,12 @@
     python finetune.py experiment=base_vc_lora ...                   # published recipes: configs/experiment/base_*
     python finetune.py ... ckpt_path=last                            # resume outputs/<run_name>
     python finetune.py --cfg job                                     # print the resolved config
+    python finetune.py --help                                        # the config groups and options
 """
 
-import hydra
-from omegaconf import DictConfig
+import sys
 
-
-@hydra.main(version_base="1.3", config_path="configs", config_name="finetune")
-def main(cfg: DictConfig) -> None:
-    from metis.lightning.finetuning import finetune  # import after Hydra parsed the CLI (fast --help/--cfg)
-
-    finetune(cfg)
-
+from metis.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["finetune", *sys.argv[1:]]))

@@ -1,4 +1,5 @@
-"""Inference with the released or fine-tuned checkpoints: one request, or a manifest of many.
+"""Inference with the released or fine-tuned checkpoints: one request, or a manifest of many (the same
+job as `metis infer`).
 
     python infer.py task=se input=noisy.wav output=clean.wav
     python infer.py task=tse input=mix.wav prompt=enroll.wav output=target.wav
@@ -13,19 +14,7 @@ See docs/inference.md and configs/infer/infer.yaml.
 
 import sys
 
-import hydra
-from omegaconf import DictConfig
-
-
-# configs/infer/ is its own search path: the training tree has a `task` group, and here `task=se` is a value
-@hydra.main(version_base="1.3", config_path="configs/infer", config_name="infer")
-def main(cfg: DictConfig) -> None:
-    from metis.inference.cli import infer  # import after Hydra parsed the CLI (fast --help/--cfg)
-
-    results = infer(cfg)
-    if not all(r.ok for r in results):
-        sys.exit(1)
-
+from metis.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["infer", *sys.argv[1:]]))

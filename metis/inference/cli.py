@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from metis.inference.manifest import run_manifest, write_results
+from metis.inference.manifest import read_manifest, run_manifest, write_results
 from metis.inference.pipeline import Result
 from metis.inference.tasks import Request
 
@@ -30,10 +31,16 @@ def infer(cfg: DictConfig) -> list[Result]:
     """
     from hydra.utils import instantiate
 
+    from metis.threads import set_threads
+
+    set_threads(cfg.get("num_threads", "auto"))
     request = None if cfg.get("manifest") else single_request(cfg)  # check the CLI before loading models
     if request is not None:
         request.validate()
-    pipeline = instantiate(cfg.pipeline, _convert_="all")
+    # only the requested tasks' checkpoints must be there (every missing file is named in one error)
+    tasks = [request.task] if request is not None else \
+        sorted({r.task for r in read_manifest(cfg.manifest, cfg.output_dir) if isinstance(r, Request)}) or None
+    pipeline = instantiate(cfg.pipeline, _convert_="all", **({"tasks": tasks} if tasks else {}))
     if request is None:
         results = run_manifest(pipeline, cfg.manifest, cfg.output_dir, cfg.get("results"))
     else:
@@ -49,3 +56,9 @@ def infer(cfg: DictConfig) -> list[Result]:
     ok = sum(r.ok for r in results)
     log.info("%d of %d requests done%s", ok, len(results), f"; outputs in {Path(cfg.output_dir)}" if cfg.get("manifest") else "")
     return results
+
+
+def infer_and_exit(cfg: DictConfig) -> None:
+    """`metis infer` / `python infer.py`: exit non-zero when any request failed."""
+    if not all(r.ok for r in infer(cfg)):
+        sys.exit(1)

@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from metis.checkpoints import published
-from metis.checkpoints.io import CheckpointNotFoundError, load_into
+from metis.checkpoints.io import CheckpointNotFoundError, load_into, resolve
 from metis.inference.pipeline import Pipeline
 from metis.inference.tasks import TASKS
 
@@ -133,15 +133,55 @@ def load_s2a(which: str, source: str | os.PathLike = published.MASKGCT_REPO, *, 
     return published.load(f"maskgct_{which}", source, device=device, **dict(overrides or {}))
 
 
-def _check_w2v_bert(source: str) -> None:
+W2V_BERT_FILES = ("config.json", "preprocessor_config.json", "model.safetensors")
+# where each source is set: infer.py / `metis infer` key (load_pipeline's argument without `pipeline.`)
+SOURCE_KEYS = {"metis": "pipeline.metis", "maskgct": "pipeline.maskgct", "w2v_bert": "pipeline.w2v_bert",
+               "s2a_1layer": "pipeline.s2a_1layer", "s2a_full": "pipeline.s2a_full", "stage1": "pipeline.stage1"}
+
+
+def _missing(source: str | os.PathLike, filename: str) -> str | None:
+    """None if `filename` of `source` is found, else why not (`resolve`'s message)."""
     p = Path(source).expanduser()
-    looks_local = p.exists() or str(source).startswith((".", "/", "~")) or str(source).count("/") != 1
-    if looks_local:
-        missing = [f for f in ("config.json", "preprocessor_config.json") if not (p / f).is_file()]
-        if not p.is_dir() or missing:
-            raise CheckpointNotFoundError(
-                f"w2v-BERT 2.0 folder {p} is missing {missing or 'entirely'}: download facebook/w2v-bert-2.0 into it "
-                f"(`hf download facebook/w2v-bert-2.0 --local-dir {p}`) or pass w2v_bert=<repo id or folder>")
+    if not p.exists() and (str(source).startswith((".", "/", "~")) or str(source).count("/") != 1):  # a local folder
+        return f"expected the file at {p / filename} (there is no {p})"
+    try:
+        resolve(source, filename)
+    except CheckpointNotFoundError as e:
+        return str(e)
+    return None
+
+
+def _stage1_missing(task: str, source: str | os.PathLike) -> str | None:
+    """None if the stage-1 files of `task` are there (an export, the whole-model file, or for se/tse/vc
+    the published LoRA split), else one line saying what is missing."""
+    if _export_files(source) is not None:
+        return None
+    kind = STAGE1_KINDS[task][1]
+    full = _missing(source, published.kind_spec(kind).filename)
+    if full is None or task not in published.LORA_SPLITS or Path(source).expanduser().is_file():
+        return full
+    split = [m for k in published.LORA_SPLITS[task] if (m := _missing(source, published.kind_spec(k).filename))]
+    return None if not split else f"neither the full fine-tune ({full}) nor the published LoRA split ({'; '.join(split)})"
+
+
+def missing_checkpoints(tasks: Sequence[str], *, metis: str, maskgct: str, w2v_bert: str, stage1: Mapping[str, Any],
+                        omni: bool = False, s2a_1layer: str | None = None, s2a_full: str | None = None) -> list[str]:
+    """Every checkpoint file a pipeline serving `tasks` needs but cannot find, one line each saying
+    which file, where it was expected and which key sets its source."""
+    problems = [f"w2v-BERT 2.0 ({SOURCE_KEYS['w2v_bert']}): {m}" for f in W2V_BERT_FILES if (m := _missing(w2v_bert, f))]
+    for role, kind, src in (("maskgct", "semantic_codec", maskgct), ("maskgct", "acoustic_encoder", maskgct),
+                            ("maskgct", "acoustic_decoder", maskgct), ("s2a_1layer", "maskgct_s2a_1layer", s2a_1layer or maskgct),
+                            ("s2a_full", "maskgct_s2a_full", s2a_full or maskgct)):
+        if _export_files(src) is None and (m := _missing(src, published.kind_spec(kind).filename)):
+            problems.append(f"{kind} ({SOURCE_KEYS[role]}): {m}")
+    keys = (["omni"] + (["l2s"] if "l2s" in tasks else [])) if omni else list(tasks)
+    for key in keys:
+        role = STAGE1_KINDS[key][0]
+        src = stage1.get(key) or {"metis": metis, "maskgct": maskgct}[role]
+        if m := _stage1_missing(key, src):
+            where = f"{SOURCE_KEYS['stage1']}.{key}" if stage1.get(key) else SOURCE_KEYS[role]
+            problems.append(f"{key} stage 1 ({where}): {m}")
+    return problems
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -186,7 +226,13 @@ def load_pipeline(*, tasks: Sequence[str] = TASKS, metis: str = published.METIS_
     for key in keys:
         models[key] = functools.partial(load_stage1, key, stage1.get(key), metis=metis, maskgct=maskgct,
                                         overrides={**dict(stage1_config or {}), **task_cfg.get(key, {})}, device=dev)
-    _check_w2v_bert(str(w2v_bert))
+    missing = missing_checkpoints(tasks, metis=metis, maskgct=maskgct, w2v_bert=str(w2v_bert),
+                                  stage1=stage1, omni=omni, s2a_1layer=s2a_1layer, s2a_full=s2a_full)
+    if missing:
+        raise CheckpointNotFoundError(
+            f"{len(missing)} checkpoint file(s) missing; put each where it says, or point the key in brackets at "
+            "another folder (infer.py / metis infer; in Python the same names without `pipeline.`):\n  - "
+            + "\n  - ".join(missing))
     try:
         semantic = SemanticTokenizer(w2v_bert, stats if stats is not None else DEFAULT_STATS, maskgct, layer=w2v_layer,
                                      codec_config=dict(repcodec_config) if repcodec_config else None, device=dev,
@@ -195,7 +241,7 @@ def load_pipeline(*, tasks: Sequence[str] = TASKS, metis: str = published.METIS_
         if isinstance(e, CheckpointNotFoundError):
             raise
         raise CheckpointNotFoundError(f"cannot load w2v-BERT 2.0 from {w2v_bert!r} ({e}); download facebook/w2v-bert-2.0 "
-                                      "into a folder and pass w2v_bert=<folder>") from e
+                                      "into a folder and pass pipeline.w2v_bert=<folder>") from e
     acoustic = AcousticTokenizer(maskgct, maskgct, encoder_config=dict(encoder_config) if encoder_config else None,
                                  decoder_config=dict(decoder_config) if decoder_config else None, device=dev,
                                  batch_size=tokenizer_batch_size)
@@ -204,4 +250,4 @@ def load_pipeline(*, tasks: Sequence[str] = TASKS, metis: str = published.METIS_
     return Pipeline(models, s1, sf, semantic, acoustic, device=dev, **pipeline_kwargs)
 
 
-__all__ = ["STAGE1_KINDS", "load_export", "load_pipeline", "load_s2a", "load_stage1", "resolve_device"]
+__all__ = ["STAGE1_KINDS", "load_export", "load_pipeline", "load_s2a", "load_stage1", "missing_checkpoints", "resolve_device"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -28,3 +29,35 @@ def wandb_logger(project: str, save_dir: str, name: str | None = None, mode: str
     if mode == "offline":
         rank_zero_info(f"wandb is offline (not logged in); sync later with: wandb sync {Path(save_dir) / 'wandb'}/offline-run-*")
     return logger
+
+
+class _DropTips(logging.Filter):
+    """Lightning advertises its cloud products ("💡 Tip: ... try installing litlogger / litmodels") on
+    every run; they say nothing about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+_DROP_TIPS = _DropTips()
+
+
+def tidy_console_logging() -> None:
+    """One console line per log message, without Lightning's advertisements.
+
+    `import lightning` gives the `lightning` logger its own console handler while leaving it to
+    propagate, so under Hydra (whose handlers sit on the root logger) every Lightning message printed
+    twice. With root handlers present, Lightning's own stream handlers go and messages reach the console
+    and the run's Hydra log file once, through the root."""
+    root_handlers = logging.getLogger().handlers
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        if root_handlers:
+            for h in list(logger.handlers):
+                if type(h) is logging.StreamHandler:
+                    logger.removeHandler(h)
+            logger.propagate = True
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if _DROP_TIPS not in logger.filters:
+            logger.addFilter(_DROP_TIPS)

@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from metis.lightning.callbacks import ExportSafetensors
 from metis.lightning.fault_tolerance import newest_loadable
+from metis.lightning.loggers import tidy_console_logging
+from metis.threads import set_threads
 
 
 def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: Path) -> str | None:
@@ -77,8 +78,8 @@ class Run:
 def build_run(cfg: DictConfig) -> Run:
     """Threads and seed, then data, module, callbacks, loggers and trainer from the config (shared by
     the pre-training and fine-tuning recipes)."""
-    if cfg.get("num_threads"):
-        torch.set_num_threads(int(cfg.num_threads))
+    tidy_console_logging()
+    rank_zero_info(f"torch CPU threads: {set_threads(cfg.get('num_threads', 'auto'))} (num_threads={cfg.get('num_threads', 'auto')})")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 

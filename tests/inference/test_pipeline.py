@@ -124,7 +124,7 @@ def test_missing_checkpoint_names_the_file_and_where(tmp_path, repos):
         load_stage1("tts", tmp_path, overrides=STAGE1)
     with pytest.raises(CheckpointNotFoundError, match=r"metis_se/metis_se\.safetensors.*metis_base/model\.safetensors"):
         load_stage1("se", tmp_path, overrides=STAGE1)
-    with pytest.raises(CheckpointNotFoundError, match="w2v-BERT 2.0 folder .*config.json"):
+    with pytest.raises(CheckpointNotFoundError, match=r"w2v-BERT 2.0 \(pipeline\.w2v_bert\): expected the file at .*nowhere/config.json"):
         load_pipeline(**{**pipeline_kwargs(repos), "w2v_bert": str(tmp_path / "nowhere")})
     with pytest.raises(CheckpointNotFoundError, match="acoustic_codec/model_1.safetensors"):
         (tmp_path / "maskgct/semantic_codec").mkdir(parents=True)
@@ -132,6 +132,25 @@ def test_missing_checkpoint_names_the_file_and_where(tmp_path, repos):
         (tmp_path / "maskgct/acoustic_codec").mkdir()
         (tmp_path / "maskgct/acoustic_codec/model.safetensors").write_bytes((repos["maskgct"] / "acoustic_codec/model.safetensors").read_bytes())
         load_pipeline(**{**pipeline_kwargs(repos), "maskgct": str(tmp_path / "maskgct")})
+
+
+def test_every_missing_checkpoint_in_one_message(tmp_path, repos):
+    """An empty MaskGCT folder and no w2v-BERT: one error lists every file, where it goes and the real
+    CLI key that points elsewhere (`pipeline.w2v_bert=`, which Hydra accepts; bare `w2v_bert=` it rejects)."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointNotFoundError) as err:
+        load_pipeline(**{**pipeline_kwargs(repos), "maskgct": str(tmp_path / "empty"), "w2v_bert": str(tmp_path / "w2v")},
+                      tasks=("tts", "se"))
+    msg = str(err.value)
+    assert msg.startswith("9 checkpoint file(s) missing"), msg
+    for f in ("config.json", "preprocessor_config.json", "semantic_codec/model.safetensors", "acoustic_codec/model.safetensors",
+              "acoustic_codec/model_1.safetensors", "s2a_model/s2a_model_1layer/model.safetensors",
+              "s2a_model/s2a_model_full/model.safetensors", "t2s_model/model.safetensors"):
+        assert f in msg, f
+    for key in ("pipeline.w2v_bert", "pipeline.maskgct"):
+        assert f"({key})" in msg
+    assert "se stage 1" not in msg  # the se files are all in repos["metis"]
+    assert str(tmp_path / "empty" / "t2s_model" / "model.safetensors") in msg
 
 
 def test_loads_published_split_and_project_export(repos, audio, tmp_path):
