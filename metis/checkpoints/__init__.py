@@ -1,6 +1,7 @@
 """Checkpoint files: strict, atomic load/save of every published file type, and the LoRA glue.
 
-- `io`: `save_safetensors` (atomic), `load_into` (strict, names every mismatch), `resolve`
+- `io`: `save_safetensors` (atomic), `read_safetensors` (refuses non-safetensors files by name),
+  `load_into` (strict, names every mismatch), `resolve`
   (file, folder, or Hugging Face repo id).
 - `lora`: peft LoraModel on the published target projections; LoRA / adapter / merged state dicts;
   `load_split` (base + adapter + LoRA files -> merged model).
@@ -8,14 +9,15 @@
   `load_lora_split`.
 """
 
-from metis.checkpoints.io import (CheckpointMismatchError, CheckpointNotFoundError, check_state_dict, load_into,
-                                  resolve, save_safetensors)
+from metis.checkpoints.io import (CheckpointFormatError, CheckpointMismatchError, CheckpointNotFoundError,
+                                  check_state_dict, load_into, read_safetensors, resolve, save_safetensors)
 from metis.checkpoints.lora import (LORA_TARGETS, TTS_TRAINABLE, adapter_state_dict, load_split, lora_state_dict,
                                     merged_state_dict, wrap_lora)
 from metis.checkpoints.published import KINDS, LORA_SPLITS, build, load, load_lora_split, save
 
 __all__ = [
-    "CheckpointMismatchError", "CheckpointNotFoundError", "check_state_dict", "load_into", "resolve", "save_safetensors",
+    "CheckpointFormatError", "CheckpointMismatchError", "CheckpointNotFoundError", "check_state_dict", "load_into",
+    "read_safetensors", "resolve", "save_safetensors",
     "LORA_TARGETS", "TTS_TRAINABLE", "adapter_state_dict", "load_split", "lora_state_dict", "merged_state_dict", "wrap_lora",
     "KINDS", "LORA_SPLITS", "build", "load", "load_lora_split", "save",
 ]

@@ -3,6 +3,8 @@
     python -m metis.checkpoints.convert outputs/run/checkpoints/last.ckpt out/metis_base --kind metis_base
     python -m metis.checkpoints.convert outputs/run/checkpoints/step00010000.ckpt out/step10k   # the net's keys as trained
 
+    python -m metis.checkpoints.convert ckpt/wavlm_large_finetune.pth ckpt/ --trust-pickle  # -> ckpt/wavlm_large_finetune.safetensors
+
 Writes `<out_dir>/model.safetensors` atomically (metadata: kind, global step, source) and, when the
 run folder holds an export's `config.json` (`<run>/export/config.json`), copies it beside the weights.
 With `--kind`, the tensors written are the part a file of that kind holds (`model`: everything;
@@ -67,6 +69,23 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, kind: str
     return path
 
 
+def convert_pickled(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """A pickled torch checkpoint that the user vouches for (`--trust-pickle`; e.g. the UniSpeech
+    `wavlm_large_finetune.pth` of the SIM metric) -> `<out_dir>/<stem>.safetensors` holding the tensors
+    of its `model` (or `state_dict`) entry. The one place in the package that unpickles objects,
+    once, on explicit request; everything else then reads the safetensors file."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)  # --trust-pickle: the user's call
+    sd = ckpt.get("model", ckpt.get("state_dict", ckpt)) if isinstance(ckpt, dict) else None
+    tensors = {k: v for k, v in (sd or {}).items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError(f"{checkpoint} holds no tensors under 'model', 'state_dict' or at the top level")
+    return save_safetensors(tensors, Path(out_dir) / f"{checkpoint.stem}.safetensors",
+                            metadata={"format": "pt", "metis.source": str(checkpoint)})
+
+
 def _run_config(checkpoint: Path) -> Path | None:
     """`<run>/export/config.json` for a checkpoint at `<run>/checkpoints/<name>`."""
     candidate = checkpoint.resolve().parent.parent / "export" / "config.json"
@@ -81,9 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kind", default=None, help="published kind to check the keys against (e.g. metis_base, maskgct_s2a_full)")
     ap.add_argument("--prefix", default=NET_PREFIX, help=f"module prefix to strip (default {NET_PREFIX!r}; '' keeps all keys)")
     ap.add_argument("--filename", default="model.safetensors", help="output file name inside out_dir")
+    ap.add_argument("--trust-pickle", action="store_true",
+                    help="the file is a pickled torch checkpoint you trust (e.g. UniSpeech wavlm_large_finetune.pth): "
+                         "unpickle it once and write its tensors to <out_dir>/<stem>.safetensors")
     args = ap.parse_args(argv)
     try:
-        path = convert(args.checkpoint, args.out_dir, args.kind, args.prefix, args.filename)
+        if args.trust_pickle:
+            path = convert_pickled(args.checkpoint, args.out_dir)
+        else:
+            path = convert(args.checkpoint, args.out_dir, args.kind, args.prefix, args.filename)
     except (FileNotFoundError, ValueError, KeyError, CheckpointMismatchError) as exn:
         print(f"error: {exn}", file=sys.stderr)
         return 2

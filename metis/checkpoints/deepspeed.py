@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping
 
@@ -56,6 +57,33 @@ def lightning_checkpoint_state(path: str | os.PathLike) -> tuple[dict[str, torch
     return sd, ckpt
 
 
+@contextmanager
+def weights_only_loads():
+    """Inside, every `torch.load` runs torch's weights-only unpickler, also the ones DeepSpeed and
+    Lightning make with `weights_only=False` while consolidating ZeRO shards: a checkpoint folder
+    can then build only tensors, containers and the few DeepSpeed classes listed here, never run
+    code. (`TORCH_FORCE_WEIGHTS_ONLY_LOAD` is read by torch at each load.)"""
+    allowed = []
+    try:
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        allowed = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+    except ImportError:  # pragma: no cover - deepspeed is needed to consolidate anyway
+        pass
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(allowed):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
+
+
 def consolidate_zero_checkpoint(folder: str | os.PathLike, tag: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """(fp32 state_dict of the LightningModule, the Lightning client state: global_step, epoch, ...)
     of a DeepSpeed checkpoint folder, consolidating the ZeRO shards of every rank on the CPU."""
@@ -64,10 +92,10 @@ def consolidate_zero_checkpoint(folder: str | os.PathLike, tag: str | None = Non
     except ImportError as exn:  # pragma: no cover - deepspeed is a dependency of the recipe
         raise ImportError(f"converting the DeepSpeed checkpoint {folder} needs deepspeed (pip install deepspeed)") from exn
     folder = Path(folder)
-    with tempfile.TemporaryDirectory(prefix=".consolidate-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=".consolidate-") as tmp, weights_only_loads():
         out = Path(tmp) / "consolidated.ckpt"
         convert_zero_checkpoint_to_fp32_state_dict(str(folder), str(out), tag=tag)
-        ckpt = torch.load(out, map_location="cpu", weights_only=False)
+        ckpt = torch.load(out, map_location="cpu", weights_only=True)
     sd = ckpt.pop("state_dict")
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, ckpt
 

@@ -12,11 +12,13 @@ import fnmatch
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 # "org/name": a Hugging Face model repo id (letters, digits, '-', '_', '.').
@@ -41,8 +43,9 @@ class CheckpointMismatchError(RuntimeError):
         self.missing = sorted(missing)
         self.unexpected = sorted(unexpected)
         self.mismatched = dict(sorted((mismatched or {}).items()))
-        lines = [f"checkpoint {self.source} does not match the model"
-                 f" ({len(self.missing)} missing, {len(self.unexpected)} unexpected, {len(self.mismatched)} mis-shaped)"]
+        counts = (f" ({len(self.missing)} missing, {len(self.unexpected)} unexpected, {len(self.mismatched)} mis-shaped)"
+                  if self.missing or self.unexpected or self.mismatched else "")
+        lines = [f"checkpoint {self.source} does not match the model{counts}"]
         if note:
             lines.append(note)
         lines += [f"  missing:     {k}" for k in self.missing]
@@ -53,6 +56,10 @@ class CheckpointMismatchError(RuntimeError):
 
 class CheckpointNotFoundError(FileNotFoundError):
     """A checkpoint file could not be found locally, in the Hugging Face cache, or on the Hub."""
+
+
+class CheckpointFormatError(ValueError):
+    """A file given where safetensors are expected is not a complete safetensors file."""
 
 
 # ---------------------------------------------------------------------------------------- saving
@@ -136,6 +143,72 @@ def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.Path
 
 # --------------------------------------------------------------------------------------- loading
 
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save files (Lightning .ckpt, .pt, .pth) are zip archives
+_PICKLE_PROTOCOL = b"\x80"   # a bare pickle starts with the PROTO opcode
+
+
+def read_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; any other file is refused with a message naming it.
+
+    safetensors itself raises a bare `Error while deserializing header` naming no file; this
+    checks the first bytes first, so an empty, truncated, zip (`torch.save`, `.ckpt`) or pickle
+    file gets a message saying which file and what it is. Nothing is ever unpickled.
+
+    Raises:
+        FileNotFoundError: `path` is missing or a folder.
+        CheckpointFormatError: the file is not a complete safetensors file (names file and cause).
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"safetensors file {path} {what}")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if size == 0:
+        raise CheckpointFormatError(f"{path} is empty (0 bytes): not a safetensors file (an interrupted download or write?)")
+    if head.startswith(_ZIP_MAGIC):
+        raise CheckpointFormatError(
+            f"{path} is a torch.save zip archive (a Lightning .ckpt / .pt file), not safetensors: convert a training "
+            f"checkpoint with `python -m metis.checkpoints.convert {path} <out_dir>`")
+    header = int.from_bytes(head[:8], "little") if len(head) >= 8 else None
+    if header is not None and 8 + header <= size and head[8:9] == b"{":
+        try:
+            return load_file(os.fspath(path), device=str(device))
+        except SafetensorError as exn:
+            raise CheckpointFormatError(f"{path} is not a valid safetensors file (truncated or corrupt?): {exn}") from None
+    if head[:1] == _PICKLE_PROTOCOL and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise CheckpointFormatError(f"{path} is a pickle file, not safetensors: it is not loaded (unpickling can run code)")
+    if header is None:
+        raise CheckpointFormatError(f"{path} is truncated: {size} bytes, less than the 8-byte safetensors header length")
+    if head[8:9] in (b"{", b""):
+        raise CheckpointFormatError(f"{path} is truncated: its header claims {header} bytes, the file has {size - 8} "
+                                    f"after the length field")
+    raise CheckpointFormatError(f"{path} is not safetensors: no JSON header after the 8-byte length field")
+
+
+def check_dtypes(expected: Mapping[str, torch.dtype], actual: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Refuse tensors whose dtype kind differs from the model's (float vs integer/bool); warn, naming
+    them, when only the width differs (fp16/bf16 into fp32, int32 into int64: converted on load)."""
+    kind_diff, width_diff = {}, {}
+    for key, value in actual.items():
+        want = expected.get(key)
+        if want is None or value.dtype == want:
+            continue
+        same_kind = value.dtype.is_floating_point == want.is_floating_point and (value.dtype == torch.bool) == (want == torch.bool)
+        (width_diff if same_kind else kind_diff)[key] = (value.dtype, want)
+
+    def listing(d):
+        return ", ".join(f"{k} ({str(f).removeprefix('torch.')} vs model {str(m).removeprefix('torch.')})"
+                         for k, (f, m) in list(d.items())[:5]) + (" ..." if len(d) > 5 else "")
+
+    if kind_diff:
+        raise CheckpointMismatchError(source, note=f"{len(kind_diff)} tensor(s) have another dtype kind than the model's: "
+                                                   f"{listing(kind_diff)}")
+    if width_diff:
+        warnings.warn(f"checkpoint {source}: {len(width_diff)} tensor(s) stored in another precision than the model's, "
+                      f"converted on load: {listing(width_diff)}", stacklevel=3)
+
 
 def _matches(key: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(key, p) for p in patterns)
@@ -177,8 +250,9 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sourc
     """Strictly load `state_dict` into `model`.
 
     Unlike the reference's non-strict loads (docs/reference.md Q12), every missing, unexpected or mis-shaped key is
-    an error that names `source` and the key (with both shapes). Values are copied into the
-    model's tensors (converting dtype), or assigned when `assign` is true.
+    an error that names `source` and the key (with both shapes). A tensor of another dtype kind
+    (integer weights for a float parameter) is an error; another float width is converted with a
+    warning naming the keys. Values are copied into the model's tensors, or assigned when `assign`.
 
     Args:
         model: the module to fill.
@@ -190,8 +264,10 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sourc
     Returns:
         `model`.
     """
-    expected = {k: v.shape for k, v in model.state_dict().items()}
+    own = model.state_dict()
+    expected = {k: v.shape for k, v in own.items()}
     check_state_dict(expected, state_dict, source=source, allow_missing=allow_missing, ignore_zero_size=ignore_zero_size)
+    check_dtypes({k: v.dtype for k, v in own.items()}, state_dict, source=source)
     to_load = {k: v for k, v in state_dict.items() if k in expected}
     result = model.load_state_dict(to_load, strict=False, assign=assign)
     # The check above already covered keys; this guards against load_state_dict disagreeing.

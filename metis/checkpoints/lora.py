@@ -22,10 +22,9 @@ from typing import Literal
 import torch
 from peft import LoraConfig, LoraModel
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import load_file
 from torch import nn
 
-from metis.checkpoints.io import CheckpointMismatchError, check_state_dict, load_into
+from metis.checkpoints.io import CheckpointMismatchError, check_state_dict, load_into, read_safetensors
 
 LoraTarget = Literal["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LORA_TARGETS: tuple[LoraTarget, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -160,7 +159,7 @@ def merged_state_dict(wrapped: nn.Module, state: Mapping[str, torch.Tensor] | No
 def _as_state_dict(src: StateDictSource, device: str | torch.device) -> tuple[dict[str, torch.Tensor], str]:
     if isinstance(src, Mapping):
         return dict(src), "<state dict>"
-    return load_file(os.fspath(src), device=str(device)), os.fspath(src)
+    return read_safetensors(src, device), os.fspath(src)
 
 
 def load_split(base_file: StateDictSource, adapter_file: StateDictSource, lora_file: StateDictSource,

@@ -23,10 +23,10 @@ from types import MappingProxyType
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from metis.checkpoints.io import CheckpointMismatchError, check_state_dict, load_into, resolve, save_safetensors
+from metis.checkpoints.io import (CheckpointMismatchError, check_state_dict, load_into, read_safetensors, resolve,
+                                  save_safetensors)
 from metis.checkpoints.lora import (ADAPTER_MODULE, ADAPTER_NAME, WRAPPED_PREFIX, adapter_state_dict, load_split, lora_state_dict,
                                     wrap_lora)
 
@@ -249,7 +249,7 @@ def load(kind: str, source: str | os.PathLike | None = None, *, device: str | to
     src, filename = _source_or_repo(kind, source)
     path = resolve(src, filename)
     model = build(kind, device, lora=lora, **overrides)
-    _LOAD[kind_spec(kind).part](model, load_file(os.fspath(path), device=str(device)), os.fspath(path))
+    _LOAD[kind_spec(kind).part](model, read_safetensors(path, device), os.fspath(path))
     return model
 
 

@@ -6,7 +6,7 @@ Examples::
     python -m metis.eval --task tts --manifest gen/manifest.jsonl --out results/tts
     # SeedTTS-eval test-en with Whisper-large-v3 and a WavLM speaker-verification folder
     python -m metis.eval --task tts --protocol seedtts --data seedtts_testset/en/meta.lst --gen-dir gen/ \\
-        --whisper-model ckpt/faster-whisper-large-v3 --wavlm-model ckpt/wavlm_large_finetune.pth \\
+        --whisper-model ckpt/faster-whisper-large-v3 --wavlm-model ckpt/wavlm_large_finetune.safetensors \\
         --out results/seed-en
     # DNS 2020 test set (SE) and Libri2Mix (TSE)
     python -m metis.eval --task se --protocol dns2020 --data DNS/test_set --gen-dir enhanced/ --out results/se
@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--whisper-model", default=os.environ.get("METIS_WHISPER_MODEL"),
                    help="CTranslate2 Whisper folder (paper: large-v3); env METIS_WHISPER_MODEL")
     p.add_argument("--wavlm-model", default=os.environ.get("METIS_WAVLM_MODEL"),
-                   help="SIM model: UniSpeech wavlm_large_finetune.pth (papers' SIM-O) or a WavLMForXVector "
-                        "folder; env METIS_WAVLM_MODEL")
+                   help="SIM model: UniSpeech wavlm_large_finetune.safetensors (papers' SIM-O; convert the released .pth "
+                        "once with `python -m metis.checkpoints.convert FILE.pth DIR --trust-pickle`) or a "
+                        "WavLMForXVector folder; env METIS_WAVLM_MODEL")
     p.add_argument("--nisqa-checkpoint", default=os.environ.get("METIS_NISQA_CHECKPOINT"), help="nisqa.tar")
     p.add_argument("--utmos-checkpoint", default=os.environ.get("METIS_UTMOS_CHECKPOINT"),
                    help="exported UTMOS (.pt2 or TorchScript)")

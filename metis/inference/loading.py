@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from metis.checkpoints import published
-from metis.checkpoints.io import CheckpointNotFoundError, load_into, resolve
+from metis.checkpoints.io import CheckpointNotFoundError, load_into, read_safetensors, resolve
 from metis.inference.pipeline import Pipeline
 from metis.inference.tasks import TASKS
 
@@ -87,7 +86,7 @@ def load_export(source: str | os.PathLike, role: str, device: str | torch.device
             model = cls(**config)
         except TypeError as e:
             raise ValueError(f"{config_path}: cannot build {target} from its keys: {e}") from e
-    load_into(model, load_file(str(weights), device=str(device)), source=str(weights))
+    load_into(model, read_safetensors(weights, device), source=str(weights))
     return model
 
 

@@ -31,11 +31,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 from peft import LoraModel
-from safetensors.torch import load_file
 from torch import nn
 
 from metis.checkpoints.deepspeed import gathered_state_dict
-from metis.checkpoints.io import check_state_dict, load_into, resolve, save_safetensors
+from metis.checkpoints.io import check_state_dict, load_into, read_safetensors, resolve, save_safetensors
 from metis.checkpoints.lora import (ADAPTER_MODULE, TTS_TRAINABLE, adapter_state_dict, lora_state_dict,
                                     merged_state_dict, wrap_lora)
 from metis.lightning.callbacks import ExportSafetensors, write_json_atomic
@@ -114,7 +113,7 @@ def load_init(net: nn.Module, init: str | os.PathLike | None) -> dict:
             lines = ", ".join(f"{k}: {f} in the file's config vs {m} in model.net" for k, (f, m) in bad.items())
             raise ValueError(f"init={init}: {path.parent / 'config.json'} describes another architecture ({lines}); "
                              f"set model.net to match (e.g. model.net.hidden_size=...)")
-    sd = load_file(os.fspath(path), device="cpu")
+    sd = read_safetensors(path)
     allow = [f"{name}.*" for name in new_modules(net)]
     load_into(net, sd, source=os.fspath(path), allow_missing=allow)
     own = net.state_dict()
@@ -138,7 +137,7 @@ def load_adapter_file(net: nn.Module, path: str | os.PathLike) -> None:
     adapter = getattr(net, ADAPTER_MODULE, None)
     if adapter is None:
         raise ValueError(f"adapter_init={path} given but the model (ft_type={getattr(net, 'ft_type', None)!r}) has no {ADAPTER_MODULE}")
-    sd = load_file(os.fspath(path), device="cpu")
+    sd = read_safetensors(path)
     for prefix in (f"model.{ADAPTER_MODULE}.", f"{ADAPTER_MODULE}."):
         if sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}

@@ -198,13 +198,13 @@ class KMeansTokenizer:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "KMeansTokenizer":
-        from safetensors.torch import load_file
+        from metis.checkpoints.io import read_safetensors
 
         d = Path(directory)
         if not (d / "kmeans.json").exists() or not (d / "kmeans.safetensors").exists():
             raise FileNotFoundError(f"no fitted k-means tokenizer in {d} (expected kmeans.json + kmeans.safetensors)")
         meta = json.loads((d / "kmeans.json").read_text())
-        t = load_file(str(d / "kmeans.safetensors"))
+        t = read_safetensors(d / "kmeans.safetensors")
         return cls(t["centroids"], t["mean"], t["std"], KMeansConfig(**meta["config"]))
 
     @staticmethod

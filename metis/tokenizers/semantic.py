@@ -16,10 +16,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from metis.checkpoints.io import load_into, resolve
+from metis.checkpoints.io import load_into, read_safetensors, resolve
 from metis.models.semantic_codec import RepCodec
 from metis.tokenizers.base import file_sha256
 
@@ -42,7 +41,7 @@ def load_codec_weights(module: nn.Module, source: str | Path, filename: str) -> 
     """Resolve `filename` (a path inside amphion/MaskGCT) from a file, a folder laid out like that repo,
     or a Hub repo id, and load it strictly (errors name the file and the offending keys). -> the file."""
     path = resolve(source, filename)
-    load_into(module, load_file(path), source=str(path))
+    load_into(module, read_safetensors(path), source=str(path))
     return path
 
 
@@ -52,7 +51,7 @@ def load_stats(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"w2v-BERT stats file {path} does not exist")
     if path.suffix == ".safetensors":
-        stats = load_file(path)
+        stats = read_safetensors(path)
     else:
         stats = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("mean", "var"):

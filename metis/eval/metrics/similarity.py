@@ -64,7 +64,9 @@ class WavLMSim(_EmbeddingSim):
     def check(self) -> None:
         if not self.model_dir:
             raise MetricUnavailable("WavLM SIM needs a local model: pass --wavlm-model PATH (UniSpeech "
-                                    "wavlm_large_finetune.pth or a WavLMForXVector folder)")
+                                    "wavlm_large_finetune.safetensors, made once from the .pth with `python -m "
+                                    "metis.checkpoints.convert wavlm_large_finetune.pth DIR --trust-pickle`, or a "
+                                    "WavLMForXVector folder)")
         p = Path(self.model_dir).expanduser()
         if p.is_file():
             self.description = f"SIM: UniSpeech WavLM + ECAPA-TDNN ({p.name}), the papers' SIM-O model"
@@ -73,7 +75,7 @@ class WavLMSim(_EmbeddingSim):
             raise MetricUnavailable(f"--wavlm-model {p} does not exist")
         if not (p / "config.json").is_file():
             raise MetricUnavailable(f"--wavlm-model {p} has no config.json (expected a WavLMForXVector folder "
-                                    "or a UniSpeech .pth file)")
+                                    "or a UniSpeech .safetensors/.pth file)")
 
     def _load(self):
         if self._model is None:

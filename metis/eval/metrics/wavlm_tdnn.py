@@ -191,6 +191,33 @@ def wavlm_config_from(sd: dict[str, torch.Tensor]):
     )
 
 
+def unispeech_state_dict(path: str | Path) -> dict | None:
+    """The `model` tensors of a UniSpeech checkpoint, never unpickling Python objects.
+
+    `.safetensors` (what `python -m metis.checkpoints.convert FILE.pth OUT --trust-pickle` writes)
+    is read as is; a `.pth` only when it holds nothing but tensors and containers (torch's
+    weights-only unpickler). The released `.pth` files also pickle other objects: they are refused
+    with the one-time conversion command, because unpickling a file can run any code in it.
+    """
+    from pickle import UnpicklingError
+
+    from metis.checkpoints.io import read_safetensors
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except UnpicklingError as exn:
+        raise ValueError(
+            f"{path} pickles Python objects besides tensors and is not loaded (unpickling can run code; "
+            f"{str(exn).splitlines()[0]}). If you trust the file, convert it once: python -m metis.checkpoints.convert "
+            f"{path} <out_dir> --trust-pickle, then pass <out_dir>/{path.stem}.safetensors") from None
+    except (RuntimeError, EOFError, OSError) as exn:
+        raise ValueError(f"{path} is not a readable torch checkpoint ({type(exn).__name__}: {exn})") from None
+    return ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+
+
 class WavLMTDNN(nn.Module):
     def __init__(self, wavlm: nn.Module, head: EcapaHead):
         super().__init__()
@@ -201,11 +228,7 @@ class WavLMTDNN(nn.Module):
     def from_unispeech(cls, path: str | Path) -> WavLMTDNN:
         from transformers import WavLMModel
 
-        try:
-            ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception:  # training checkpoints may pickle other objects: only for files the user trusts
-            ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-        sd = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+        sd = unispeech_state_dict(path)
         if not isinstance(sd, dict):
             raise ValueError(f"{path}: expected a dict with a 'model' state dict (UniSpeech speaker verification)")
         anchor = [k for k in sd if k.endswith("post_extract_proj.weight")]
