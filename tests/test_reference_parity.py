@@ -26,14 +26,20 @@ def all_checkers() -> dict:
     return checkers
 
 
+def check_fixture(name: str, root=None) -> None:
+    """Run fixture `name` of the set at `root` (default: $METIS_GOLDEN_DIR or tests/fixtures/golden)
+    through its checker; fail when it has none or leaves an output tensor unchecked."""
+    checkers = all_checkers()
+    assert name in checkers, f"golden fixture {name!r} has no parity checker"
+    fx = Fixture.load(name, root)
+    checkers[name](fx)
+    missing = fx.unchecked()
+    assert not missing, f"{name}: output tensors left unchecked: {sorted(missing)}"
+
+
 FIXTURES = sorted(load_index()["fixtures"])
 
 
 @pytest.mark.parametrize("name", FIXTURES)
 def test_fixture(name):
-    checkers = all_checkers()
-    assert name in checkers, f"golden fixture {name!r} has no parity checker"
-    fx = Fixture.load(name)
-    checkers[name](fx)
-    missing = fx.unchecked()
-    assert not missing, f"{name}: output tensors left unchecked: {sorted(missing)}"
+    check_fixture(name)

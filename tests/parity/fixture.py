@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
-import re
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +74,23 @@ class Fixture:
         else:
             assert torch.equal(actual.to(expected.dtype), expected), f"{self.name}/{name}: integers differ\nexpected {expected}\nactual   {actual}"
         self.checked.add(name)
+
+    def call(self, key: str) -> str:
+        """The JSON's description of call `key` (a key of "calls", or the single "call")."""
+        return self.meta["call"] if key == "call" else self.meta["calls"][key]
+
+    def seed(self, key: str) -> int:
+        """The torch.manual_seed(S) that the JSON says preceded call `key` (or `seed_set_right_before_call`)."""
+        if key == "call":
+            return int(self.meta["seed_set_right_before_call"])
+        m = re.search(r"torch\.manual_seed\((\d+)\)", self.call(key))
+        assert m, f"{self.name}: call {key!r} names no torch.manual_seed: {self.call(key)!r}"
+        return int(m.group(1))
+
+    def literal_args(self, key: str) -> dict:
+        """The name=value arguments of call `key` whose values are Python literals (numbers, lists)."""
+        found = re.findall(r"(\w+)=(\[[^\]]*\]|-?\d+(?:\.\d+)?(?:e-?\d+)?\b)", self.call(key))
+        return {name: ast.literal_eval(value) for name, value in found}
 
     def outputs(self) -> set[str]:
         return {k for k in self.io if not is_input(k)}

@@ -37,7 +37,7 @@ def check_s2a(fx: Fixture) -> None:
         fx.check("fd.out.xt", xt_rec)
 
         # Seeded forward_diffusion: same RNG draws as the reference.
-        torch.manual_seed(1534)
+        torch.manual_seed(fx.seed("fd.*"))
         xt, t_out, mask_layer, mask, prompt_len, mask_prob = model.forward_diffusion(x0, t)
         fx.check("fd.out.mask_layer", mask_layer)
         fx.check("fd.out.mask", mask)
@@ -58,7 +58,7 @@ def check_s2a(fx: Fixture) -> None:
             fx.check(f"out.layer{L}.embeds", e)
             fx.check(f"out.layer{L}.logits", model.to_logits[L](e))
 
-        torch.manual_seed(1535)
+        torch.manual_seed(fx.seed("fwd.*"))
         out = model(x0, x_mask, cond_code=cond_code)
         fx.check("fwd.out.logits", out.logits)
         fx.check("fwd.out.mask_layer", out.mask_layer)
@@ -69,28 +69,33 @@ def check_s2a(fx: Fixture) -> None:
 
 
 def check_rd_s2a(fx: Fixture) -> None:
+    """Both recorded runs: every argument and seed from the JSON's call descriptions; run 2 is run 1's
+    call with the arguments it names changed ("same with cfg=... and gt_code=in2.gt_code")."""
     model = build_model(fx)
     cond = model.cond_emb(fx["in.cond_code"]).detach()
     assert (cond - fx["in.cond"]).abs().max() <= 1e-6, "rd_s2a: cond_emb(in.cond_code) != in.cond"
     prompt = fx["in.prompt"]
-    kwargs = dict(temp=1.5, filter_thres=0.75, n_timesteps=[3, 2, 1], rescale_cfg=0.75)
+    names = ("temp", "filter_thres", "n_timesteps", "cfg", "rescale_cfg")
+    run1 = {k: v for k, v in fx.literal_args("out.tokens").items() if k in names}
+    run2 = {**run1, **{k: v for k, v in fx.literal_args("out2.tokens").items() if k in names}}
+    assert set(run1) == set(names), f"{fx.name}: out.tokens call lacks {sorted(set(names) - set(run1))}"
+    gt = fx["in2.gt_code"]
 
     noise = ReplayNoise(fx.prefixed("noise.").values())
-    fx.check("out.tokens", model.reverse_diffusion(cond, prompt, cfg=1.0, noise=noise, **kwargs))
+    fx.check("out.tokens", model.reverse_diffusion(cond, prompt, noise=noise, **run1))
     assert noise.used == len(noise.draws), f"rd_s2a run 1 used {noise.used} of {len(noise.draws)} recorded draws"
 
-    gt = fx["in2.gt_code"]
     noise2 = ReplayNoise(fx.prefixed("run2.noise.").values())
-    tokens2 = model.reverse_diffusion(cond, prompt, cfg=2.5, gt_code=gt, noise=noise2, **kwargs)
+    tokens2 = model.reverse_diffusion(cond, prompt, gt_code=gt, noise=noise2, **run2)
     fx.check("out2.tokens", tokens2)
     assert noise2.used == len(noise2.draws), f"rd_s2a run 2 used {noise2.used} of {len(noise2.draws)} recorded draws"
     assert torch.equal(tokens2[:, :, : gt.shape[-1]], gt)
 
     # Weak oracle: torch's global RNG, seeded as recorded, drawn in the same order and shapes.
-    torch.manual_seed(1634)
-    fx.check("out.tokens", model.reverse_diffusion(cond, prompt, cfg=1.0, **kwargs))
-    torch.manual_seed(1635)
-    fx.check("out2.tokens", model.reverse_diffusion(cond, prompt, cfg=2.5, gt_code=gt, **kwargs))
+    torch.manual_seed(fx.seed("out.tokens"))
+    fx.check("out.tokens", model.reverse_diffusion(cond, prompt, **run1))
+    torch.manual_seed(fx.seed("out2.tokens"))
+    fx.check("out2.tokens", model.reverse_diffusion(cond, prompt, gt_code=gt, **run2))
 
 
 CHECKERS = {"s2a": check_s2a, "rd_s2a": check_rd_s2a}

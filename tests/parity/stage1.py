@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from metis.models.decoding import ReplayNoise
@@ -50,20 +52,13 @@ def check_single_pass(fx: Fixture, model: MetisStage1) -> None:
             fx.check("out.embeds_empty_prefix", model.diff_estimator(xt, t, x_mask, prefix=empty, prefix_mask=prefix_mask[:, :0]))
 
 
-def seed_of(fx: Fixture, key: str) -> int:
-    """The torch.manual_seed(S) that the JSON says preceded the call `key`."""
-    text = fx.meta["calls"][key]
-    start = text.index("torch.manual_seed(") + len("torch.manual_seed(")
-    return int(text[start:text.index(")", start)])
-
-
 def check_forward_diffusion(fx: Fixture, model: MetisStage1, prefix: str) -> None:
     """fd.* / fd2.*: seeded corruption; xt must also equal the assembly from the recorded mask."""
     key = f"{prefix}.*"
     if f"{prefix}.t" not in fx.io:
         return
     prompt_len = fx.io.get(f"{prefix}.in.prompt_len")
-    torch.manual_seed(seed_of(fx, key))
+    torch.manual_seed(fx.seed(key))
     with torch.no_grad():
         xt, t, mask, plen, mask_prob = model.forward_diffusion(fx["in.x0"], fx[f"{prefix}.t"], prompt_len=prompt_len)
         expected_mask = fx[f"{prefix}.out.mask"]
@@ -87,7 +82,7 @@ def check_forward(fx: Fixture, model: MetisStage1) -> None:
         kwargs["finetune_cond"] = fx["in.finetune_cond"]
     if "fwd.in.prompt_len" in fx.io:
         kwargs["prompt_len"] = fx["fwd.in.prompt_len"]
-    torch.manual_seed(seed_of(fx, "fwd.*"))
+    torch.manual_seed(fx.seed("fwd.*"))
     with torch.no_grad():
         out = model(fx["in.x0"], fx["in.x_mask"], **kwargs)
     fx.check("fwd.out.logits", out.logits)
@@ -104,39 +99,28 @@ def check_model(fx: Fixture) -> None:
     check_forward(fx, model)
 
 
-def parse_call(call: str) -> dict:
-    """The scalar keyword arguments of the JSON's reverse_diffusion call string."""
-    inside = call[call.index("(") + 1: call.rindex(")")]
-    kwargs, depth, part = {}, 0, ""
-    for ch in inside + ",":
-        if ch == "," and depth == 0:
-            name, _, value = part.strip().partition("=")
-            kwargs[name.strip()] = value.strip()
-            part = ""
-            continue
-        depth += (ch == "(") - (ch == ")")
-        part += ch
-    return kwargs
+RD_ARGS = ("temp", "filter_thres", "n_timesteps", "cfg", "rescale_cfg")
 
 
 def check_reverse_diffusion(fx: Fixture) -> None:
-    """out.tokens with the recorded uniforms replayed, and every per-step to_logit output."""
+    """out.tokens with the recorded uniforms replayed, and every per-step to_logit output; every
+    argument (and the seed of the weak-oracle run) from the JSON's call."""
     model = build(fx)
-    call = parse_call(fx.meta["call"])
+    args = fx.literal_args("call")
+    assert set(RD_ARGS) | {"target_len"} <= set(args), f"{fx.name}: call lacks {sorted(set(RD_ARGS) - set(args))}"
+    kwargs = {k: args[k] for k in RD_ARGS}
     if "in.prompt" in fx.io:
         prompt = fx["in.prompt"]
     else:  # "prompt=zeros(B,0)": an empty prompt of the recorded batch size
-        shape = call["prompt"].removeprefix("zeros(").removesuffix(")").split(",")
-        prompt = torch.zeros(*(int(n) for n in shape), dtype=torch.long)
+        m = re.search(r"prompt=zeros\((\d+),\s*(\d+)\)", fx.call("call"))
+        assert m, f"{fx.name}: no in.prompt and no prompt=zeros(B,0) in the call"
+        prompt = torch.zeros(int(m.group(1)), int(m.group(2)), dtype=torch.long)
+    inputs = dict(phone_id=fx.io.get("in.phone_id"), finetune_cond=fx.io.get("in.finetune_cond"))
     logs = []
-    hook = model.to_logit.register_forward_hook(lambda mod, args, out: logs.append(out.detach().clone()))
+    hook = model.to_logit.register_forward_hook(lambda mod, a, out: logs.append(out.detach().clone()))
     noise = ReplayNoise(fx.prefixed("noise.").values())
     try:
-        tokens = model.reverse_diffusion(
-            prompt, int(call["target_len"]), phone_id=fx.io.get("in.phone_id"),
-            finetune_cond=fx.io.get("in.finetune_cond"), temp=float(call["temp"]),
-            filter_thres=float(call["filter_thres"]), n_timesteps=int(call["n_timesteps"]),
-            cfg=float(call["cfg"]), rescale_cfg=float(call["rescale_cfg"]), noise=noise)
+        tokens = model.reverse_diffusion(prompt, int(args["target_len"]), **inputs, **kwargs, noise=noise)
     finally:
         hook.remove()
     assert noise.used == len(noise.draws), f"{fx.name}: used {noise.used} of {len(noise.draws)} recorded draws"
@@ -146,12 +130,8 @@ def check_reverse_diffusion(fx: Fixture) -> None:
         fx.check(name, actual)
     fx.check("out.tokens", tokens)
     # Weak oracle too: torch's own RNG, seeded as recorded, is drawn in the reference's order and shapes.
-    torch.manual_seed(int(fx.meta["seed_set_right_before_call"]))
-    fx.check("out.tokens", model.reverse_diffusion(
-        prompt, int(call["target_len"]), phone_id=fx.io.get("in.phone_id"),
-        finetune_cond=fx.io.get("in.finetune_cond"), temp=float(call["temp"]),
-        filter_thres=float(call["filter_thres"]), n_timesteps=int(call["n_timesteps"]),
-        cfg=float(call["cfg"]), rescale_cfg=float(call["rescale_cfg"])))
+    torch.manual_seed(fx.seed("call"))
+    fx.check("out.tokens", model.reverse_diffusion(prompt, int(args["target_len"]), **inputs, **kwargs))
 
 
 CHECKERS = {
