@@ -289,16 +289,21 @@ def save(model: nn.Module, kind: str, path: str | os.PathLike, metadata: Mapping
     Returns:
         The written path.
     """
-    spec = kind_spec(kind)
-    sd = file_state_dict(model, kind)
+    meta = {}
+    if kind_spec(kind).lora is not None:
+        cfg = model.peft_config[ADAPTER_NAME]
+        meta["metis.lora"] = json.dumps({"r": cfg.r, "lora_alpha": cfg.lora_alpha})
+    return save_state(file_state_dict(model, kind), kind, path, {**meta, **(metadata or {})},
+                      what=type(model).__name__)
+
+
+def save_state(sd: Mapping[str, torch.Tensor], kind: str, path: str | os.PathLike,
+               metadata: Mapping[str, str] | None = None, what: str = "state dict"):
+    """`save` for tensors already under the file's key names (e.g. gathered from DeepSpeed ranks):
+    the same key-pattern check against the published layout, then an atomic write."""
     reference = key_pattern(file_state_dict(build(kind, "meta"), kind))
     got = key_pattern(sd)
     if got != reference:
-        raise CheckpointMismatchError(f"{type(model).__name__} saved as {kind!r}", missing=reference - got,
+        raise CheckpointMismatchError(f"{what} saved as {kind!r}", missing=reference - got,
                                       unexpected=got - reference, note="key patterns ('#' = any index) differ from the published layout")
-    meta = {"format": "pt", "metis.kind": kind}
-    if spec.lora is not None:
-        cfg = model.peft_config[ADAPTER_NAME]
-        meta["metis.lora"] = json.dumps({"r": cfg.r, "lora_alpha": cfg.lora_alpha})
-    meta.update(metadata or {})
-    return save_safetensors(sd, path, meta)
+    return save_safetensors(dict(sd), path, {"format": "pt", "metis.kind": kind, **(metadata or {})})

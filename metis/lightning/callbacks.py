@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from metis.checkpoints.deepspeed import gathered_state_dict
 from metis.checkpoints.io import save_safetensors
+from metis.tokenizers.acoustic import EXPORT_CONFIG
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -64,3 +65,50 @@ class ExportSafetensors(L.Callback):
     def on_fit_end(self, trainer, module) -> None:
         # After every on_train_end hook, so weight averaging (callbacks=ema) has copied its average in.
         self.export(trainer, module)
+
+
+class ExportPublished(ExportSafetensors):
+    """Export parts of the net as published files, in a folder laid out like the released repo.
+
+    `files` maps a published kind (metis.checkpoints.published.KINDS) to the net's submodule holding
+    it ("" = the whole net); e.g. the acoustic codec: {acoustic_encoder: encoder, acoustic_decoder:
+    decoder} -> `acoustic_codec/model.safetensors` + `acoustic_codec/model_1.safetensors`. Each file's
+    keys are checked against the published layout before the (atomic) write, so it loads strictly
+    here and in the reference code. `codec_config.json` beside them holds the net's constructor config
+    (the released sizes need none; smaller ones do). `last_path` is the folder.
+
+    Args:
+        dirpath: the export folder.
+        files: kind -> submodule name.
+        every_n_train_steps, model_config: as ExportSafetensors.
+    """
+
+    CONFIG = EXPORT_CONFIG  # AcousticTokenizer.from_export reads it
+
+    def __init__(self, dirpath: str, files: dict[str, str], every_n_train_steps: int = 0, model_config: dict | None = None):
+        super().__init__(dirpath, every_n_train_steps, model_config)
+        from metis.checkpoints import published
+
+        for kind in files:
+            if published.kind_spec(kind).filename is None:
+                raise ValueError(f"ExportPublished: kind {kind!r} has no published file name")
+        self.files = dict(files)
+
+    def export(self, trainer: L.Trainer, module: L.LightningModule) -> Path:
+        from metis.checkpoints import published
+
+        state = gathered_state_dict(module.net) if isinstance(trainer.strategy, DeepSpeedStrategy) else None
+        if trainer.is_global_zero:
+            state = module.net.state_dict() if state is None else state
+            meta = {"global_step": str(trainer.global_step)}
+            for kind, part in self.files.items():
+                prefix = f"{part}." if part else ""
+                sd = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+                path = self.dirpath / published.kind_spec(kind).filename
+                path.parent.mkdir(parents=True, exist_ok=True)
+                published.save_state(sd, kind, path, meta, what=f"{type(module.net).__name__}.{part or 'net'}")
+            if self.model_config is not None:
+                write_json_atomic(self.dirpath / self.CONFIG, self.model_config)
+            rank_zero_info(f"exported {', '.join(self.files)} at step {trainer.global_step} to {self.dirpath}")
+        self.last_path = self.dirpath
+        return self.dirpath

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 import lightning as L
+import torch
 
 from metis.data.loader import build_loader
 from metis.lightning.fault_tolerance import EqualBatches
@@ -106,3 +107,63 @@ class ShardDataModule(L.LightningDataModule):
         if not state:
             return
         self._resumes = int(state["resumes"]) + 1
+
+
+class AudioCropDataModule(ShardDataModule):
+    """Fixed-length waveform crops for codec training, from the same shards (flac/mp3/wav members).
+
+    Batches are formed by the shard loader (whole utterances, token-budgeted, `max_batch_size` caps
+    them), then each utterance is cropped to `segment_seconds` before the batch goes to the device:
+    a random window in training, the first window in validation (the same audio at every evaluation).
+    Utterances shorter than a crop are dropped by the loader (`min_dur` is raised to the crop).
+
+    Batch: `wav` (b, 1, n) float32 at the field's rate, n = segment (a multiple of `multiple_of`).
+
+    Args:
+        audio_field: "wav24" (acoustic codec, 24 kHz) or "wav16" (semantic codec features, 16 kHz).
+        segment_seconds: training crop; val_segment_seconds: validation crop (default: the same).
+        multiple_of: crop lengths are rounded down to a multiple of this many samples (the codec hop).
+        other arguments: as ShardDataModule.
+    """
+
+    def __init__(self, audio_field: str = "wav24", segment_seconds: float = 1.0, val_segment_seconds: float | None = None,
+                 multiple_of: int = 480, min_dur: float = 0.5, **kwargs):
+        from metis.data.loader import WAV_RATES
+
+        if audio_field not in WAV_RATES:
+            raise ValueError(f"audio_field={audio_field!r}: must be one of {sorted(WAV_RATES)}")
+        val_seconds = segment_seconds if val_segment_seconds is None else val_segment_seconds
+        super().__init__(fields=(audio_field,), min_dur=max(min_dur, segment_seconds, val_seconds), **kwargs)
+        self.audio_field = audio_field
+        rate = WAV_RATES[audio_field]
+        self.crop = {"train": self._samples(segment_seconds * rate, multiple_of),
+                     "val": self._samples(val_seconds * rate, multiple_of)}
+        self._generator: torch.Generator | None = None
+
+    @staticmethod
+    def _samples(n: float, multiple_of: int) -> int:
+        out = int(n) // multiple_of * multiple_of
+        if out < multiple_of:
+            raise ValueError(f"a crop of {int(n)} samples is shorter than one hop ({multiple_of} samples)")
+        return out
+
+    def crops(self, wav: torch.Tensor, lens: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        """wav (b, n_max) padded, lens (b,) -> (b, 1, n): random windows (generator) or the first n samples."""
+        out = wav.new_zeros(wav.shape[0], 1, n)
+        for i, length in enumerate(lens.tolist()):
+            room = max(int(length) - n, 0)
+            start = int(torch.randint(room + 1, (1,), generator=generator)) if generator is not None else 0
+            seg = wav[i, start:start + min(n, int(length))]
+            out[i, 0, : seg.numel()] = seg
+        return out
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        field = self.audio_field
+        if field not in batch:
+            return batch
+        training = self.trainer is not None and self.trainer.training
+        if training and self._generator is None:  # seeded like the stream: a resumed run draws fresh crops
+            self._generator = torch.Generator().manual_seed(self.stream_seed())
+        n = self.crop["train" if training else "val"]
+        batch["wav"] = self.crops(batch[field], batch[f"{field}_lens"], n, self._generator if training else None)
+        return batch

@@ -143,29 +143,36 @@ class MaskedGenerativeModule(L.LightningModule):
 
     # ---- resumable randomness ------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng_state"] = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            # numpy's state as plain values + a tensor, so the checkpoint loads with weights_only=True
-            "numpy": _numpy_state_to_plain(np.random.get_state()),
-            "python": random.getstate(),
-        }
+        checkpoint["rng_state"] = capture_rng_state()
         checkpoint["nonfinite_guard"] = self.nonfinite_guard.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "nonfinite_guard" in checkpoint:
             self.nonfinite_guard.load_state_dict(checkpoint["nonfinite_guard"])
-        state = checkpoint.get("rng_state")
-        if state is None:
-            return
-        torch.set_rng_state(state["torch"])
-        if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state["cuda"])
-        np.random.set_state(_numpy_state_from_plain(state["numpy"]))
-        random.setstate(state["python"])
-        rank = self.trainer.global_rank if self._trainer is not None else 0
-        if rank > 0:  # one saved state for all ranks: derive distinct, reproducible streams
-            torch.manual_seed(int(torch.randint(0, 2**62, (1,))) + rank)
+        if checkpoint.get("rng_state") is not None:
+            restore_rng_state(checkpoint["rng_state"], self.trainer.global_rank if self._trainer is not None else 0)
+
+
+def capture_rng_state() -> dict:
+    """torch, CUDA, numpy and Python RNG states, as values a weights_only checkpoint load accepts."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # numpy's state as plain values + a tensor, so the checkpoint loads with weights_only=True
+        "numpy": _numpy_state_to_plain(np.random.get_state()),
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_state(state: dict, rank: int = 0) -> None:
+    """Undo `capture_rng_state`; ranks > 0 derive their own stream from the one saved state."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(_numpy_state_from_plain(state["numpy"]))
+    random.setstate(state["python"])
+    if rank > 0:  # one saved state for all ranks: derive distinct, reproducible streams
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,))) + rank)
 
 
 def _numpy_state_to_plain(state: tuple) -> tuple:

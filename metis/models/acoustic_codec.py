@@ -355,3 +355,36 @@ class CodecDecoder(nn.Module):
     def vq2emb(self, codes: torch.Tensor, n_quantizers: int | None = None) -> torch.Tensor:
         """codes (q, b, t) -> summed stage embeddings (b, in_channels, t)."""
         return self.quantizer.vq2emb(codes, n_quantizers)
+
+
+# ------------------------------------------------------------------------------------------------
+# Encoder + decoder, as trained
+
+
+class AcousticCodec(nn.Module):
+    """The two published modules trained together: `encoder` (acoustic_codec/model.safetensors) and
+    `decoder` (model_1.safetensors: quantizer + Vocos).
+
+        wav (b,1,n) -> encoder -> z (b,c,t) -> residual VQ -> quantized (b,c,t), codes (q,b,t) -> Vocos -> (b,1,t*hop)
+
+    Args:
+        encoder, decoder: constructor arguments of CodecEncoder / CodecDecoder (empty: the released sizes).
+    """
+
+    def __init__(self, encoder: dict | None = None, decoder: dict | None = None):
+        super().__init__()
+        self.encoder = CodecEncoder(**(encoder or {}))
+        self.decoder = CodecDecoder(**(decoder or {}))
+        if self.encoder.hop_length != self.decoder.hop_size:
+            raise ValueError(f"AcousticCodec: encoder hop {self.encoder.hop_length} (prod of up_ratios) != decoder "
+                             f"hop_size {self.decoder.hop_size}")
+        self.hop_length = self.encoder.hop_length
+
+    def forward(self, wav: torch.Tensor):
+        """wav (b, 1, n), n a multiple of hop_length -> (wav_hat (b, 1, n), codes (q, b, t),
+        commit_losses (q,), codebook_losses (q,))."""
+        if wav.shape[-1] % self.hop_length:
+            raise ValueError(f"AcousticCodec: {wav.shape[-1]} samples is not a multiple of the hop {self.hop_length}")
+        z = self.encoder(wav)
+        quantized, codes, commit, book, _ = self.decoder.quantizer(z)
+        return self.decoder(quantized), codes, commit, book

@@ -7,6 +7,7 @@ count (n / 480 when 480 divides n), and t frames decode to exactly t * 480 sampl
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from metis.tokenizers.base import file_sha256
 from metis.tokenizers.semantic import MASKGCT_REPO, _as_mono, load_codec_weights
 
 ENCODER_FILE = "acoustic_codec/model.safetensors"
+EXPORT_CONFIG = "codec_config.json"  # written beside the files by metis.lightning.callbacks.ExportPublished
 DECODER_FILE = "acoustic_codec/model_1.safetensors"
 
 
@@ -63,6 +65,18 @@ class AcousticTokenizer:
             raise ValueError(f"acoustic codec: encoder hop {self.hop_length} != decoder hop_size {self.decoder.hop_size}")
         self.frame_rate = self.sample_rate / self.hop_length
         self._identity: dict[str, str] | None = None
+
+    @classmethod
+    def from_export(cls, path: str | Path, **kwargs) -> "AcousticTokenizer":
+        """The codec a training run exported (`python train.py experiment=demo_acoustic_codec`): the
+        folder holding `acoustic_codec/model{,_1}.safetensors` and `codec_config.json` (its sizes)."""
+        config_path = Path(path) / EXPORT_CONFIG
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{path} is not an acoustic codec export: no {EXPORT_CONFIG} (train one with "
+                                    f"`python train.py experiment=demo_acoustic_codec`)")
+        config = json.loads(config_path.read_text())
+        return cls(path, path, encoder_config=config.get("encoder") or None, decoder_config=config.get("decoder") or None,
+                   **kwargs)
 
     def to(self, device: str | torch.device) -> "AcousticTokenizer":
         self.device = torch.device(device)

@@ -60,3 +60,13 @@ def test_real_speech_with_noise():
     assert noisy["pesq_wb"] < 2.0 and noisy["pesq_nb"] < 2.5
     assert 0.5 < noisy["stoi"] < 0.95
     assert SISDR().score(add_noise(x, 5), sr, reference=ref)["si_sdr"] == pytest.approx(5, abs=0.2)
+
+
+def test_mel_distance_is_zero_for_the_reference_and_grows_with_noise():
+    from metis.eval.metrics import MelDistance
+
+    x = speechlike(2.0, 24000)
+    ref = Audio(x, 24000)
+    assert MelDistance().score(x, 24000, reference=ref)["mel_distance"] < 1e-6
+    d = [MelDistance().score(add_noise(x, snr), 24000, reference=ref)["mel_distance"] for snr in (30, 10, 0)]
+    assert 0 < d[0] < d[1] < d[2]

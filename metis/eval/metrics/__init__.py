@@ -6,17 +6,17 @@ from dataclasses import dataclass
 from metis.eval.metrics.asr import WhisperWER
 from metis.eval.metrics.base import Metric, MetricUnavailable
 from metis.eval.metrics.dnsmos import DNSMOS
-from metis.eval.metrics.intrusive import PESQ, SISDR, STOI
+from metis.eval.metrics.intrusive import PESQ, SISDR, STOI, MelDistance
 from metis.eval.metrics.neural_mos import NISQA, UTMOS, DistillMOS
 from metis.eval.metrics.similarity import ResemblyzerSim, WavLMSim
 
 __all__ = [
     "Metric", "MetricUnavailable", "MetricOptions", "build_metrics", "METRIC_NAMES",
-    "PESQ", "STOI", "SISDR", "DNSMOS", "DistillMOS", "NISQA", "UTMOS", "WavLMSim", "ResemblyzerSim", "WhisperWER",
+    "PESQ", "STOI", "SISDR", "MelDistance", "DNSMOS", "DistillMOS", "NISQA", "UTMOS", "WavLMSim", "ResemblyzerSim", "WhisperWER",
 ]
 
 #: names accepted by ``build_metrics``; "sim" is WavLM when a model is given, else the resemblyzer fallback
-METRIC_NAMES = ("pesq", "stoi", "sisdr", "dnsmos", "distillmos", "utmos", "nisqa", "sim", "sim_wavlm",
+METRIC_NAMES = ("pesq", "stoi", "sisdr", "mel", "dnsmos", "distillmos", "utmos", "nisqa", "sim", "sim_wavlm",
                 "sim_resemblyzer", "wer")
 
 
@@ -40,6 +40,8 @@ def _make(name: str, o: MetricOptions) -> Metric:
         return STOI()
     if name == "sisdr":
         return SISDR()
+    if name == "mel":
+        return MelDistance()
     if name == "dnsmos":
         return DNSMOS(threads=o.threads)
     if name == "distillmos":

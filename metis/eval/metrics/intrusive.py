@@ -86,3 +86,22 @@ class SISDR(Metric):
             "si_sdr": float(scale_invariant_signal_distortion_ratio(est, ref)),
             "sdr": float(signal_distortion_ratio(est, ref)),
         }
+
+
+class MelDistance(Metric):
+    """Mean absolute log10-mel difference (80 bins, 1024-point FFT, hop 256, at the reference's rate):
+    the codec literature's spectral distance; 0 for identical audio, lower is better."""
+
+    name = "mel"
+    needs = ("reference",)
+    description = "log-mel L1 distance (80 mels, n_fft 1024, hop 256)"
+
+    def score(self, wav, sr, *, reference=None, prompt=None, text=None, lang="en"):
+        import torchaudio
+
+        rate = int(reference[1])
+        est, ref = _pair(wav, sr, reference, rate)
+        mel = torchaudio.transforms.MelSpectrogram(rate, n_fft=1024, hop_length=256, n_mels=80, power=1.0)
+        a = mel(est.float()).clamp(min=1e-5).log10()
+        b = mel(ref.float()).clamp(min=1e-5).log10()
+        return {"mel_distance": float((a - b).abs().mean())}
