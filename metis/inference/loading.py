@@ -164,12 +164,15 @@ def _stage1_missing(task: str, source: str | os.PathLike) -> str | None:
 
 
 def missing_checkpoints(tasks: Sequence[str], *, metis: str, maskgct: str, w2v_bert: str, stage1: Mapping[str, Any],
-                        omni: bool = False, s2a_1layer: str | None = None, s2a_full: str | None = None) -> list[str]:
+                        omni: bool = False, s2a_1layer: str | None = None, s2a_full: str | None = None,
+                        semantic: bool = True, acoustic: bool = True) -> list[str]:
     """Every checkpoint file a pipeline serving `tasks` needs but cannot find, one line each saying
-    which file, where it was expected and which key sets its source."""
-    problems = [f"w2v-BERT 2.0 ({SOURCE_KEYS['w2v_bert']}): {m}" for f in W2V_BERT_FILES if (m := _missing(w2v_bert, f))]
-    for role, kind, src in (("maskgct", "semantic_codec", maskgct), ("maskgct", "acoustic_encoder", maskgct),
-                            ("maskgct", "acoustic_decoder", maskgct), ("s2a_1layer", "maskgct_s2a_1layer", s2a_1layer or maskgct),
+    which file, where it was expected and which key sets its source. `semantic` / `acoustic` False:
+    the caller brings its own tokenizer, so w2v-BERT + RepCodec / the codec files are not needed."""
+    problems = [f"w2v-BERT 2.0 ({SOURCE_KEYS['w2v_bert']}): {m}" for f in W2V_BERT_FILES if semantic and (m := _missing(w2v_bert, f))]
+    needed = ((["semantic_codec"] if semantic else []) + (["acoustic_encoder", "acoustic_decoder"] if acoustic else []))
+    for role, kind, src in (*(("maskgct", kind, maskgct) for kind in needed),
+                            ("s2a_1layer", "maskgct_s2a_1layer", s2a_1layer or maskgct),
                             ("s2a_full", "maskgct_s2a_full", s2a_full or maskgct)):
         if _export_files(src) is None and (m := _missing(src, published.kind_spec(kind).filename)):
             problems.append(f"{kind} ({SOURCE_KEYS[role]}): {m}")
@@ -197,7 +200,7 @@ def load_pipeline(*, tasks: Sequence[str] = TASKS, metis: str = published.METIS_
                   s2a_1layer_config: Mapping[str, Any] | None = None, s2a_full_config: Mapping[str, Any] | None = None,
                   repcodec_config: Mapping[str, Any] | None = None, encoder_config: Mapping[str, Any] | None = None,
                   decoder_config: Mapping[str, Any] | None = None, device: str = "auto", tokenizer_batch_size: int = 8,
-                  **pipeline_kwargs) -> Pipeline:
+                  semantic: Any = None, acoustic: Any = None, **pipeline_kwargs) -> Pipeline:
     """Assemble a Pipeline; stage-1 and S2A models load lazily (on a task's first use).
 
     Args:
@@ -208,6 +211,10 @@ def load_pipeline(*, tasks: Sequence[str] = TASKS, metis: str = published.METIS_
         omni: serve every task but l2s with the omni checkpoint (`stage1.omni` or metis_omni).
         s2a_1layer, s2a_full: sources of the S2A models (default: `maskgct`).
         *_config: constructor overrides (non-released sizes; tests use tiny models).
+        semantic: a built semantic tokenizer (`features()` + `encode()` at 16 kHz) replacing w2v-BERT +
+            RepCodec, e.g. the demo's k-means tokenizer (pipeline=demo); its features are finetune_cond.
+        acoustic: a built acoustic tokenizer replacing the released codec, e.g. a trained export
+            (`AcousticTokenizer.from_export`).
         device: "auto" (cuda if available), "cpu", "cuda", ...
         pipeline_kwargs: passed to Pipeline (fast, batch_size, chunk_seconds, settings, ...).
     """
@@ -226,24 +233,27 @@ def load_pipeline(*, tasks: Sequence[str] = TASKS, metis: str = published.METIS_
         models[key] = functools.partial(load_stage1, key, stage1.get(key), metis=metis, maskgct=maskgct,
                                         overrides={**dict(stage1_config or {}), **task_cfg.get(key, {})}, device=dev)
     missing = missing_checkpoints(tasks, metis=metis, maskgct=maskgct, w2v_bert=str(w2v_bert),
-                                  stage1=stage1, omni=omni, s2a_1layer=s2a_1layer, s2a_full=s2a_full)
+                                  stage1=stage1, omni=omni, s2a_1layer=s2a_1layer, s2a_full=s2a_full,
+                                  semantic=semantic is None, acoustic=acoustic is None)
     if missing:
         raise CheckpointNotFoundError(
             f"{len(missing)} checkpoint file(s) missing; put each where it says, or point the key in brackets at "
             "another folder (infer.py / metis infer; in Python the same names without `pipeline.`):\n  - "
             + "\n  - ".join(missing))
-    try:
-        semantic = SemanticTokenizer(w2v_bert, stats if stats is not None else DEFAULT_STATS, maskgct, layer=w2v_layer,
-                                     codec_config=dict(repcodec_config) if repcodec_config else None, device=dev,
+    if semantic is None:  # the released w2v-BERT 2.0 + RepCodec (pipeline=demo passes its own)
+        try:
+            semantic = SemanticTokenizer(w2v_bert, stats if stats is not None else DEFAULT_STATS, maskgct, layer=w2v_layer,
+                                         codec_config=dict(repcodec_config) if repcodec_config else None, device=dev,
+                                         batch_size=tokenizer_batch_size)
+        except OSError as e:
+            if isinstance(e, CheckpointNotFoundError):
+                raise
+            raise CheckpointNotFoundError(f"cannot load w2v-BERT 2.0 from {w2v_bert!r} ({e}); download facebook/w2v-bert-2.0 "
+                                          "into a folder and pass pipeline.w2v_bert=<folder>") from e
+    if acoustic is None:
+        acoustic = AcousticTokenizer(maskgct, maskgct, encoder_config=dict(encoder_config) if encoder_config else None,
+                                     decoder_config=dict(decoder_config) if decoder_config else None, device=dev,
                                      batch_size=tokenizer_batch_size)
-    except OSError as e:
-        if isinstance(e, CheckpointNotFoundError):
-            raise
-        raise CheckpointNotFoundError(f"cannot load w2v-BERT 2.0 from {w2v_bert!r} ({e}); download facebook/w2v-bert-2.0 "
-                                      "into a folder and pass pipeline.w2v_bert=<folder>") from e
-    acoustic = AcousticTokenizer(maskgct, maskgct, encoder_config=dict(encoder_config) if encoder_config else None,
-                                 decoder_config=dict(decoder_config) if decoder_config else None, device=dev,
-                                 batch_size=tokenizer_batch_size)
     s1 = functools.partial(load_s2a, "s2a_1layer", s2a_1layer or maskgct, overrides=s2a_1layer_config, device=dev)
     sf = functools.partial(load_s2a, "s2a_full", s2a_full or maskgct, overrides=s2a_full_config, device=dev)
     return Pipeline(models, s1, sf, semantic, acoustic, device=dev, **pipeline_kwargs)
