@@ -1,4 +1,4 @@
-"""Losses of codec training (reference/PAPER.md §2.1, §2.2).
+"""Losses of codec training (docs/reference.md §10.2.1, §10.2.2).
 
 Acoustic codec (weights of the MaskGCT codec: λrec 10, λadv 2, λfeat 2, codebook 1, commitment 0.25;
 the last two live in the quantizer, `metis.models.acoustic_codec.FactorizedVQ`):

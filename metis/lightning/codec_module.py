@@ -1,4 +1,4 @@
-"""Lightning modules that train the two codecs of MaskGCT / Metis (reference/PAPER.md §2.1, §2.2).
+"""Lightning modules that train the two codecs of MaskGCT / Metis (docs/reference.md §10.2.1, §10.2.2).
 
 AcousticCodecModule: the 24 kHz acoustic codec as a GAN, two optimizers, manual optimization. Per batch
 of waveform crops x (b, 1, n), once the discriminator is on (`adversarial_start` generator steps):

@@ -1,5 +1,5 @@
 """Discriminators of the acoustic codec's GAN training: multi-period (MPD) and multi-band multi-scale
-STFT (MBD), as the MaskGCT codec is trained (reference/PAPER.md §2.2: "MPD plus multi-band multi-scale
+STFT (MBD), as the MaskGCT codec is trained (docs/reference.md §10.2.2: "MPD plus multi-band multi-scale
 STFT discriminator").
 
     MPD, one per period p:  wav (b,1,n) -> pad to a multiple of p -> (b,1,n/p,p)
