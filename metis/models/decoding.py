@@ -250,6 +250,11 @@ def masked_decode(logits_fn: LogitsFn, lengths: Sequence[int], n_timesteps: int,
     return ids
 
 
+def pad_rows(rows: Sequence[torch.Tensor], device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Per-row tensors (n_r, ...) -> (b, max n_r, ...) on `device`, zeros after each row."""
+    return torch.nn.utils.rnn.pad_sequence([x.to(device, dtype) for x in rows], batch_first=True)
+
+
 def segment(x: torch.Tensor, starts: Sequence[int], lens: Sequence[int]) -> torch.Tensor:
     """(b, l, d) -> (b, max(lens), d): row r's frames [s_r, s_r + len_r), zeros after (a plain slice when uniform)."""
     if len(set(starts)) == 1 and len(set(lens)) == 1:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from metis.models.decoding import (DecodeConfig, Packer, UniformNoise, autocast, cfg_combine, guided_passes,
-                                   masked_decode, segment, valid_mask)
+                                   masked_decode, pad_rows, segment, valid_mask)
 from metis.models.llama_nar import LlamaNAR, two_layer_mlp
 
 FT_TYPES_WITH_ADAPTER = ("vc", "se", "tse", "l2s", "omni")
@@ -275,10 +275,9 @@ class MetisStage1(nn.Module):
             for r, f in enumerate(finetune_conds):
                 if f.shape[0] != tps[r] + lengths[r]:
                     raise ValueError(f"row {r}: finetune_cond has {f.shape[0]} frames, prompt + target = {tps[r]} + {lengths[r]}")
-        pad = lambda rows: torch.nn.utils.rnn.pad_sequence([x.to(dev) for x in rows], batch_first=True)  # noqa: E731
-        phone_id = None if phones is None else pad([p.long() for p in phones])
-        fc = None if finetune_conds is None else pad([f.to(self.cond_emb.weight.dtype) for f in finetune_conds])
-        ids = self._reverse_diffusion(pad([p.long() for p in prompts]), tps, lengths, phone_id,
+        phone_id = None if phones is None else pad_rows(phones, dev, torch.long)
+        fc = None if finetune_conds is None else pad_rows(finetune_conds, dev, self.cond_emb.weight.dtype)
+        ids = self._reverse_diffusion(pad_rows(prompts, dev, torch.long), tps, lengths, phone_id,
                                       None if phones is None else [int(p.shape[0]) for p in phones], fc, settings,
                                       noise=list(noises), coupled=False, fast=fast)
         return [ids[r, :T] for r, T in enumerate(lengths)]

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from metis.models.decoding import (DecodeConfig, Packer, UniformNoise, autocast, cfg_combine, guided_passes,
-                                   masked_decode, segment, valid_mask)
+                                   masked_decode, pad_rows, segment, valid_mask)
 from metis.models.llama_nar import LlamaNAR
 
 MASK_LAYER_SCHEDULES = ("linear", "uniform", "cosine")
@@ -277,10 +277,10 @@ class MaskGCTS2A(nn.Module):
                 raise ValueError(f"row {r}: {conds[r].shape[0]} semantic frames, not more than the {ps[r]} acoustic prompt frames")
             if prompts[r].dim() != 2 or prompts[r].shape[1] < nq:
                 raise ValueError(f"row {r}: acoustic prompt must be (p, >= {nq}) codes, got {tuple(prompts[r].shape)}")
-        pad = lambda rows: torch.nn.utils.rnn.pad_sequence([x.to(dev).long() for x in rows], batch_first=True)  # noqa: E731
-        cond = self.cond_emb(pad(conds))  # (b, p + t, d)
-        prompt = pad([p[:, :nq] for p in prompts]) if max(ps) else torch.zeros(b, 0, nq, dtype=torch.long, device=dev)
-        gt = None if gt_codes is None else pad(gt_codes)
+        cond = self.cond_emb(pad_rows(conds, dev, torch.long))  # (b, p + t, d)
+        prompt = (pad_rows([p[:, :nq] for p in prompts], dev, torch.long) if max(ps)
+                  else torch.zeros(b, 0, nq, dtype=torch.long, device=dev))
+        gt = None if gt_codes is None else pad_rows(gt_codes, dev, torch.long)
         codes = self._reverse_diffusion(cond, prompt, ps, lengths, list(layer_settings[:nq]), gt, noise=list(noises),
                                         coupled=False, fast=fast)
         return [codes[r, :T] for r, T in enumerate(lengths)]
