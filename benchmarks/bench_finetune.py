@@ -25,7 +25,7 @@ import torch
 def run(mode: str, args, out: mp.Queue) -> None:
     torch.set_num_threads(args.threads)
     from metis.checkpoints.lora import wrap_lora
-    from metis.lightning.finetune_module import describe_trainable
+    from metis.lightning.trainable import describe_trainable
     from metis.lightning.metrics import masked_token_loss
     from metis.models.metis_stage1 import MetisStage1
 

@@ -21,6 +21,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from metis.tasks import names as task_names
+from metis.tasks import store_decode_config
+
+store_decode_config()  # configs/infer/infer.yaml's pipeline.stage1_settings come from the task registry
+
 
 def config_root() -> Path:
     """The recipes' config tree: `metis/configs` in an installed wheel, else the clone's `configs/`."""
@@ -43,7 +48,7 @@ class HydraJob:
 HYDRA_JOBS = {
     "train": HydraJob("train", ".", "train", "metis.lightning.training:train", "Pre-train Metis stage 1 or MaskGCT S2A."),
     "finetune": HydraJob("finetune", ".", "finetune", "metis.lightning.finetuning:finetune",
-                         "Fine-tune Metis for a task (tts, vc, tse, se, l2s, omni), full or LoRA, with condition adapters."),
+                         f"Fine-tune Metis for a task ({', '.join(task_names())}), full or LoRA, with condition adapters."),
     # configs/infer/ is its own search path: the training tree has a `task` group, and here `task=se` is a value
     "infer": HydraJob("infer", "infer", "infer", "metis.inference.cli:infer_and_exit",
                       "Inference with published or fine-tuned checkpoints: one request, or a manifest of many."),

@@ -29,6 +29,8 @@ from metis.checkpoints.io import (CheckpointMismatchError, check_state_dict, loa
                                   save_safetensors)
 from metis.checkpoints.lora import (ADAPTER_MODULE, ADAPTER_NAME, WRAPPED_PREFIX, adapter_state_dict, load_split, lora_state_dict,
                                     wrap_lora)
+from metis.tasks import TASKS
+from metis.tasks import names as task_names
 
 METIS_REPO = "amphion/metis"
 MASKGCT_REPO = "amphion/MaskGCT"
@@ -92,9 +94,8 @@ KINDS: Mapping[str, FileKind] = MappingProxyType({
     "metis_base": FileKind(STAGE1, {}, "model", METIS_REPO, "metis_base/model.safetensors",
                            layouts=("metis_stage1_base__metis_base_model_safetensors",),
                            note="pre-trained Metis (base.json): no phones, no adapter"),
-    **_metis_lora_task("se", 32),
-    **_metis_lora_task("tse", 32),
-    **_metis_lora_task("vc", 16),
+    # the registry's tasks with a published LoRA split (se r=32, tse r=32, vc r=16)
+    **{k: v for spec in TASKS.values() if spec.lora_r is not None for k, v in _metis_lora_task(spec.name, spec.lora_r).items()},
     # Full fine-tunes (ft.json: SimpleAdapter, no LoRA). The merged result of a LoRA fine-tune
     # (load_split) has the same keys: it is what the reference's LoRA branch builds.
     "metis_se_full": FileKind(STAGE1, {"ft_type": "se"}, "model", None, "metis_se/metis_se.safetensors",
@@ -139,7 +140,7 @@ KINDS: Mapping[str, FileKind] = MappingProxyType({
 
 # LoRA fine-tunes assembled from three files: task -> (base kind, adapter kind, LoRA kind).
 LORA_SPLITS: Mapping[str, tuple[str, str, str]] = MappingProxyType(
-    {task: ("metis_base", f"metis_{task}_adapter", f"metis_{task}_lora") for task in ("se", "tse", "vc")})
+    {task: ("metis_base", f"metis_{task}_adapter", f"metis_{task}_lora") for task in task_names(lora=True)})
 
 # layouts/*.json stem -> kind
 LAYOUTS: Mapping[str, str] = MappingProxyType({stem: kind for kind, fk in KINDS.items() for stem in fk.layouts})

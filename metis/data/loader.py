@@ -4,6 +4,7 @@ Pipeline inside each DataLoader worker:
     shard urls (split by rank and worker) -> tar samples (webdataset) -> parse + check (json,
     tokenizer identity, tokens, duration) -> [train: sample shuffle buffer] -> token-budget batches
     -> decode + resample audio (soundfile, torchaudio) -> collate -> batch dict (see collate.py)
+    -> [batch_stage: e.g. the fine-tuning condition simulation]
 
 Modes:
     train  endless: every (rank, worker) walks its own seeded random permutation of *all* shards,
@@ -20,7 +21,7 @@ import json
 import math
 import os
 import random
-from typing import Iterator, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +36,9 @@ from metis.data.shards import REQUIRED_JSON, TOKENIZER_MEMBER, audio_ext, expand
 FIELDS = ("sem", "ac", "vis", "wav16", "wav24")
 WAV_RATES = {"wav16": 16000, "wav24": 24000}
 SKIPS_ONLY = "__skips_only__"  # a record carrying only skip counts; MetisLoader absorbs it
+#: a last pipeline stage run in the workers: (batches of one pass, mode, pass key) -> batches
+#: (e.g. `metis.conditions.builders.ConditionStage`); the pass key identifies the pass reproducibly
+BatchStage = Callable[[Iterator[dict], str, str], Iterator[dict]]
 
 
 def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -54,7 +58,7 @@ class ShardStream(IterableDataset):
                  shuffle_buffer: int, pool_batches: int, max_batch_size: int | None,
                  batches_per_epoch: int | None, tokenizer_identity: dict | None,
                  acoustic_identity: dict | None, required_json: tuple[str, ...],
-                 rank: int | None, world_size: int | None):
+                 rank: int | None, world_size: int | None, batch_stage: BatchStage | None = None):
         self.urls, self.mode, self.fields = urls, mode, fields
         self.max_tokens, self.min_dur, self.max_dur = max_tokens, min_dur, max_dur
         self.seed, self.frame_rate = seed, frame_rate
@@ -62,6 +66,7 @@ class ShardStream(IterableDataset):
         self.batches_per_epoch = batches_per_epoch
         self.identities = {"sem": tokenizer_identity, "ac": acoustic_identity}
         self.required_json = required_json
+        self.batch_stage = batch_stage
         self._rank_arg, self._world_arg = rank, world_size
         self.rank, self.world_size = dist_info(rank, world_size)
         self.epoch = 0  # bumped by MetisLoader in the main process before workers start
@@ -213,6 +218,25 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         self._local_iters += 1
         slot, n_slots = self._slot()
+        stream = self._stream(slot, n_slots)
+        if self.batch_stage is None:
+            yield from stream
+            return
+        # the stage sees the real batches; a trailing skip-count record passes around it
+        tail: list[dict] = []
+
+        def real() -> Iterator[dict]:
+            for b in stream:
+                if b.get(SKIPS_ONLY):
+                    tail.append(b)
+                else:
+                    yield b
+
+        key = f"{self.seed}/{self.epoch}/{self._local_iters}/{slot}" if self.mode == "train" else f"{self.seed}/{slot}"
+        yield from self.batch_stage(real(), self.mode, key)
+        yield from tail
+
+    def _stream(self, slot: int, n_slots: int) -> Iterator[dict]:
         counter = S.SkipCounter()
         if self.mode == "train":
             rng = random.Random(f"{self.seed}/{self.epoch}/{self._local_iters}/{slot}")
@@ -311,7 +335,8 @@ def build_loader(shards: str | Sequence[str], *, mode: Literal["train", "val"] =
                  max_batch_size: int | None = None, batches_per_epoch: int | None = None,
                  rank: int | None = None, world_size: int | None = None,
                  required_json: Sequence[str] = REQUIRED_JSON, pin_memory: bool = False,
-                 prefetch_factor: int | None = 2, persistent_workers: bool = False) -> MetisLoader:
+                 prefetch_factor: int | None = 2, persistent_workers: bool = False,
+                 batch_stage: BatchStage | None = None) -> MetisLoader:
     """Build the DataLoader the training/validation code iterates (batches formed inside; batch_size=None).
 
     Args:
@@ -332,6 +357,7 @@ def build_loader(shards: str | Sequence[str], *, mode: Literal["train", "val"] =
         batches_per_epoch: train only: batches per rank per epoch (None: endless).
         rank, world_size: override torch.distributed / RANK, WORLD_SIZE (resolved when iterated).
         required_json: json fields a sample must have.
+        batch_stage: a last stage run on the collated batches inside the workers (`BatchStage`).
 
     Returns:
         MetisLoader yielding the batch dicts of `metis.data.collate`; `loader.skips` totals skips.
@@ -355,7 +381,7 @@ def build_loader(shards: str | Sequence[str], *, mode: Literal["train", "val"] =
                      seed=seed, frame_rate=frame_rate, shuffle_buffer=shuffle_buffer, pool_batches=pool_batches,
                      max_batch_size=max_batch_size, batches_per_epoch=batches_per_epoch if mode == "train" else None,
                      tokenizer_identity=tokenizer_identity, acoustic_identity=acoustic_identity,
-                     required_json=tuple(required_json), rank=rank, world_size=world_size)
+                     required_json=tuple(required_json), rank=rank, world_size=world_size, batch_stage=batch_stage)
     return MetisLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                        prefetch_factor=prefetch_factor if num_workers > 0 else None,
                        persistent_workers=persistent_workers and num_workers > 0)

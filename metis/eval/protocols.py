@@ -25,16 +25,13 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-#: the paper's metric set per task (docs/reference.md §10.8): intrusive metrics run only where a clean reference exists
-TASK_METRICS: dict[str, list[str]] = {
-    "tts": ["wer", "sim", "dnsmos"],
-    "vc": ["wer", "sim", "dnsmos"],
-    "se": ["dnsmos", "nisqa", "distillmos", "pesq", "stoi", "sisdr"],
-    "tse": ["dnsmos", "nisqa", "sim", "wer", "pesq", "stoi", "sisdr"],
-    "l2s": ["wer", "sim", "dnsmos"],
-}
+from metis import tasks as registry
+
+#: the metric set per task, from the registry (docs/reference.md §10.8 for the published tasks): intrusive metrics run
+#: only where a clean reference exists
+TASK_METRICS: dict[str, list[str]] = {name: list(spec.metrics) for name, spec in registry.TASKS.items() if spec.metrics}
 #: tasks whose input (noisy speech, mixture) is scored too, for before/after comparisons
-TASKS_WITH_INPUT = {"se", "tse"}
+TASKS_WITH_INPUT = {name for name, spec in registry.TASKS.items() if spec.score_input}
 
 
 @dataclass

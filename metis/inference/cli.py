@@ -11,6 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 from metis.inference.manifest import read_manifest, run_manifest, write_results
 from metis.inference.pipeline import Result
 from metis.inference.tasks import Request
+from metis.tasks import names, store_decode_config
+
+store_decode_config()  # composing configs/infer/infer.yaml needs it (infer.py does the same)
 
 log = logging.getLogger(__name__)
 SINGLE_KEYS = ("task", "input", "prompt", "text", "prompt_text", "language", "target_seconds", "video_features", "seed")
@@ -18,7 +21,7 @@ SINGLE_KEYS = ("task", "input", "prompt", "text", "prompt_text", "language", "ta
 
 def single_request(cfg: DictConfig) -> Request:
     if cfg.get("task") is None:
-        raise ValueError("give task=<tts|se|tse|vc|l2s> (with its inputs) or manifest=<requests.jsonl>")
+        raise ValueError(f"give task=<{'|'.join(names(inference=True))}> (with its inputs) or manifest=<requests.jsonl>")
     kw = {k: cfg.get(k) for k in SINGLE_KEYS if cfg.get(k) is not None}
     overrides = OmegaConf.to_container(cfg.overrides, resolve=True) if cfg.get("overrides") else {}
     return Request(output=str(cfg.output), overrides=overrides, **kw)

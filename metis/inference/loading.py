@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from metis import tasks as registry
 from metis.checkpoints import published
 from metis.checkpoints.io import CheckpointNotFoundError, load_into, read_safetensors, resolve
 from metis.inference.pipeline import Pipeline
@@ -38,15 +39,9 @@ from metis.inference.tasks import TASKS
 EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "config.json"
 
-# task -> (default repo role, kind of the whole-model file)
-STAGE1_KINDS: Mapping[str, tuple[str, str]] = {
-    "tts": ("maskgct", "metis_tts"),
-    "se": ("metis", "metis_se_full"),
-    "tse": ("metis", "metis_tse_full"),
-    "vc": ("metis", "metis_vc_full"),
-    "l2s": ("metis", "metis_l2s"),
-    "omni": ("metis", "metis_omni"),
-}
+# task -> (default repo role, kind of the whole-model file): the registry's published checkpoints
+STAGE1_KINDS: Mapping[str, tuple[str, str]] = {name: spec.checkpoint for name, spec in registry.TASKS.items()
+                                               if spec.checkpoint is not None}
 DEFAULT_CLASSES = {"stage1": "metis.models.metis_stage1.MetisStage1", "s2a": "metis.models.s2a.MaskGCTS2A"}
 
 
@@ -93,18 +88,20 @@ def load_export(source: str | os.PathLike, role: str, device: str | torch.device
 def load_stage1(task: str, source: str | os.PathLike | None = None, *, metis: str = published.METIS_REPO,
                 maskgct: str = published.MASKGCT_REPO, overrides: Mapping[str, Any] | None = None,
                 device: str | torch.device = "cpu") -> nn.Module:
-    """The stage-1 model of `task` (tts, se, tse, vc, l2s, omni); see the module docstring for the files.
+    """The stage-1 model of a registry task; see the module docstring for the published files.
 
     Args:
         source: a repo id, a published-layout folder, a file, or an export folder; None uses the
             task's default repo (`metis` or `maskgct`).
         overrides: constructor arguments replacing the released config (other model sizes).
     """
-    if task not in STAGE1_KINDS:
-        raise KeyError(f"no stage-1 checkpoint for task {task!r}; known: {sorted(STAGE1_KINDS)}")
-    role, kind = STAGE1_KINDS[task]
+    registry.get(task)  # a KeyError naming the tasks
     if source is not None and _export_files(source) is not None:
         return load_export(source, "stage1", device)
+    if task not in STAGE1_KINDS:
+        raise CheckpointNotFoundError(f"no published stage-1 checkpoint for task {task!r}: pass your fine-tune's export "
+                                      f"folder (pipeline.stage1={{{task}: outputs/<run>/export}})")
+    role, kind = STAGE1_KINDS[task]
     src = source if source is not None else {"metis": metis, "maskgct": maskgct}[role]
     overrides = dict(overrides or {})
     if task not in published.LORA_SPLITS:

@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from metis import tasks as registry
 from metis.inference.audio import OUTPUT_SAMPLE_RATE, load_audio, load_video_features, save_audio, upsample_video_features
 from metis.inference.generate import Item, generate
-from metis.inference.tasks import (CHUNKED_TASKS, S2A_1LAYER_DEFAULT, S2A_FULL_DEFAULT, SAMPLES_PER_FRAME_16K,
+from metis.inference.tasks import (S2A_1LAYER_DEFAULT, S2A_FULL_DEFAULT, SAMPLES_PER_FRAME_16K,
                                    STAGE1_DEFAULTS, TASKS, Request, S2ASettings, apply_overrides, chunk_starts, stitch,
                                    tts_target_len)
 from metis.models.decoding import DecodeConfig
@@ -62,7 +63,7 @@ def _item_seed(seed: int, chunk: int) -> int:
 
 
 class Pipeline:
-    """Checkpoint -> tokens -> waveform for tts, se, tse, vc and l2s.
+    """Checkpoint -> tokens -> waveform for the inference tasks of the registry (`metis.tasks`).
 
     Args:
         stage1: task -> MetisStage1 (or a zero-argument loader called on first use). Key "omni" serves
@@ -75,7 +76,7 @@ class Pipeline:
         fast: batched CFG, top-k-only sampling, bf16 autocast on CUDA (see metis.models.decoding);
             False decodes every row exactly as the reference decodes it alone.
         batch_size: items per stage-1 / S2A batch (length-sorted).
-        chunk_seconds, overlap_seconds: windowing of long se / tse / vc sources (tasks.py); 0 disables.
+        chunk_seconds, overlap_seconds: windowing of long sources of chunked tasks (tasks.py); 0 disables.
         stage1_settings: task -> {n_timesteps, cfg, rescale_cfg, temp, filter_thres} replacing the
             published defaults (partial dicts allowed).
         s2a_1layer_settings, s2a_full_settings: {n_timesteps, cfg, rescale_cfg, temp, filter_thres}.
@@ -92,9 +93,9 @@ class Pipeline:
                  noise_device: str | torch.device | None = None, progress: bool = True):
         self.device = torch.device(device)
         self._stage1: dict[str, ModelOrLoader] = dict(stage1)
-        unknown = sorted(set(self._stage1) - set(TASKS) - {"omni"})
+        unknown = sorted(set(self._stage1) - set(registry.TASKS))
         if unknown:
-            raise KeyError(f"stage1 has models for unknown task(s) {unknown}; tasks are {TASKS} and 'omni'")
+            raise KeyError(f"stage1 has models for unknown task(s) {unknown}; tasks are {tuple(registry.TASKS)}")
         self._s2a = {"s2a_1layer": s2a_1layer, "s2a_full": s2a_full}
         self.semantic = semantic
         self.acoustic = acoustic
@@ -180,26 +181,28 @@ class Pipeline:
                                           req.overrides, f"request {index} overrides")
         common = dict(request=index, task=req.task, stage1=st1, s2a_1layer=s2a1, s2a_full=s2af)
         q = self.acoustic.num_quantizers
-        if req.task == "tts":
+        spec = registry.get(req.task)
+        if spec.input == "text":
             _, ids, codes = self._prompt_tokens(req.prompt)
             phones = torch.tensor(self.g2p(req.prompt_text, req.language) + self.g2p(req.text, req.language), dtype=torch.long)
             target = tts_target_len(ids.numel(), req.text, req.prompt_text, req.target_seconds)
             return [Item(chunk=0, start=0, prompt_ids=ids, target_len=target, acoustic_prompt=codes, keep_prompt=True,
                          phones=phones, seed=_item_seed(req.seed, 0), **common)]
-        if req.task == "l2s":
+        if spec.input == "video":
             _, ids, codes = self._prompt_tokens(req.prompt)
             vis = upsample_video_features(load_video_features(req.video_features))  # (2 T_v, c)
             cond = torch.cat([vis.new_zeros(ids.numel(), vis.shape[1]), vis])
             return [Item(chunk=0, start=0, prompt_ids=ids, target_len=vis.shape[0], acoustic_prompt=codes, keep_prompt=True,
                          finetune_cond=cond, seed=_item_seed(req.seed, 0), **common)]
-        # se / tse / vc: windows of the source, each with the whole prompt
+        # an audio source: windows of it (chunked tasks), each with the whole prompt (prompted tasks)
         src16 = load_audio(req.input, 16000)
-        if req.task == "se":
+        if not spec.prompt:
             p16, ids, codes = None, torch.zeros(0, dtype=torch.long), torch.zeros(0, q, dtype=torch.long)
         else:
             p16, ids, codes = self._prompt_tokens(req.prompt)
         items = []
-        for k, (start, a, b) in enumerate(self._windows(src16.numel())):
+        windows = self._windows(src16.numel()) if spec.chunked else [(0, 0, src16.numel())]
+        for k, (start, a, b) in enumerate(windows):
             chunk = src16[a:b]
             wav = chunk if p16 is None else torch.cat([p16, chunk])
             feats = self.semantic.features([wav])[0].cpu()  # (T_total, c): finetune_cond over prompt + source
@@ -207,7 +210,7 @@ class Pipeline:
             if target < 1:
                 raise ValueError(f"request {index}: source window {k} of {req.input} gives no frame after the prompt")
             items.append(Item(chunk=k, start=start, prompt_ids=ids, target_len=target, acoustic_prompt=codes,
-                              keep_prompt=req.task != "se", finetune_cond=feats, seed=_item_seed(req.seed, k), **common))
+                              keep_prompt=spec.prompt, finetune_cond=feats, seed=_item_seed(req.seed, k), **common))
         return items
 
     # ------------------------------------------------------------------------------ decoding

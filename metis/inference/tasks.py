@@ -1,19 +1,10 @@
 """Task requests, their published default settings, and the chunking rule for long inputs.
 
-Published defaults (docs/reference.md §6, docs/reference.md §10.7): stage 1 temperature 0.9 and top-k threshold
-0.98 for every task, with
-
-    task   steps  cfg   rescale
-    tts    25     2.5   0.75
-    se     10     0     -
-    tse    10     0     -
-    vc     20     1.0   0.75
-    l2s    25     0     -
-
+Published stage-1 defaults live in the task registry (`metis.tasks`, one `decode` per task; docs/reference.md §6, §10.7);
 then S2A 1-layer: [40] steps, cfg 0, temperature 1.5; S2A full: [40, 16, 1 x 10] (layer 0 given),
 cfg 2.5, rescale 0.75, temperature 1.5. Every value can be overridden per pipeline or per request.
 
-Chunking (se, and the source of tse / vc): a source of F frames (F = n16 // 320) longer than
+Chunking (the source of the registry's `chunked` tasks: se, tse, vc): a source of F frames (F = n16 // 320) longer than
 C = chunk_seconds x 50 frames is cut, on 20 ms frame boundaries (320 samples at 16 kHz), into the
 fewest windows of C frames whose consecutive overlaps are at least O = overlap_seconds x 50 frames:
 n = ceil((F - C) / (C - O)) + 1 windows, starting at round(k (F - C) / (n - 1)), k = 0..n-1, so
@@ -33,21 +24,16 @@ from typing import Any
 
 import torch
 
+from metis import tasks as registry
 from metis.models.decoding import DecodeConfig
 
-TASKS = ("tts", "se", "tse", "vc", "l2s")
-CHUNKED_TASKS = ("se", "tse", "vc")
+TASKS = registry.names(inference=True)  # tasks a request can name
+CHUNKED_TASKS = registry.names(inference=True, chunked=True)
 FRAME_RATE = 50
 SAMPLES_PER_FRAME_16K = 320
 SAMPLES_PER_FRAME_24K = 480
 
-STAGE1_DEFAULTS: dict[str, DecodeConfig] = {
-    "tts": DecodeConfig(n_timesteps=25, temp=0.9, filter_thres=0.98, cfg=2.5, rescale_cfg=0.75),
-    "se": DecodeConfig(n_timesteps=10, temp=0.9, filter_thres=0.98, cfg=0.0, rescale_cfg=0.75),
-    "tse": DecodeConfig(n_timesteps=10, temp=0.9, filter_thres=0.98, cfg=0.0, rescale_cfg=0.75),
-    "vc": DecodeConfig(n_timesteps=20, temp=0.9, filter_thres=0.98, cfg=1.0, rescale_cfg=0.75),
-    "l2s": DecodeConfig(n_timesteps=25, temp=0.9, filter_thres=0.98, cfg=0.0, rescale_cfg=0.75),
-}
+STAGE1_DEFAULTS: dict[str, DecodeConfig] = {t: DecodeConfig(**registry.get(t).decode) for t in TASKS}
 
 
 @dataclass(frozen=True)
@@ -69,7 +55,7 @@ class S2ASettings:
 S2A_1LAYER_DEFAULT = S2ASettings(n_timesteps=(40,), cfg=0.0)
 S2A_FULL_DEFAULT = S2ASettings(n_timesteps=(40, 16) + (1,) * 10, cfg=2.5)
 
-STAGE1_KEYS = ("n_timesteps", "temp", "filter_thres", "cfg", "rescale_cfg")
+STAGE1_KEYS = registry.DECODE_KEYS
 S2A_KEYS = ("n_timesteps", "temp", "filter_thres", "cfg", "rescale_cfg")
 
 
@@ -100,9 +86,9 @@ class Request:
     """One inference job.
 
     Attributes:
-        task: tts, se, tse, vc or l2s.
+        task: an inference task of the registry (`metis.tasks`: tts, se, tse, vc, l2s, ...).
         output: where the 24 kHz wav goes.
-        input: the noisy (se), mixed (tse) or source (vc) speech file.
+        input: the source speech file of an audio task (se: noisy, tse: mixture, vc: source, ...).
         prompt: the reference / enrolment speech file (tts, tse, vc, l2s).
         text, prompt_text, language: tts target text, the prompt's transcript, G2P language.
         target_seconds: tts output duration; None uses the byte-ratio rule.
@@ -128,8 +114,7 @@ class Request:
     def validate(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r}: expected one of {TASKS}")
-        need = {"tts": ("prompt", "text", "prompt_text"), "se": ("input",), "tse": ("input", "prompt"),
-                "vc": ("input", "prompt"), "l2s": ("video_features", "prompt")}[self.task]
+        need = registry.get(self.task).request_fields
         missing = [k for k in need if getattr(self, k) in (None, "")]
         if missing:
             raise ValueError(f"task {self.task} needs {', '.join(missing)} (got none)")

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import lightning as L
 import torch
 
+from metis.conditions.builders import ConditionStage
 from metis.data.loader import build_loader
 from metis.lightning.fault_tolerance import EqualBatches
 
@@ -34,6 +35,9 @@ class ShardDataModule(L.LightningDataModule):
             from another tokenizer are skipped and counted. For the demo it is read from the corpus.
         demo: settings of `metis.data.demo.DemoConfig`; when given, `prepare_data` builds the demo
             corpus if it is missing (on one process per node).
+        conditions: a fine-tuning condition builder (`configs/task/<name>.yaml`): its waveform
+            simulation runs in the loader workers (`ConditionStage`), each batch then carries
+            `task_inputs`. cond_seed: its seed (the run's `seed`).
     """
 
     def __init__(self, train_shards: str | Sequence[str] | None = None, val_shards: str | Sequence[str] | None = None,
@@ -41,9 +45,10 @@ class ShardDataModule(L.LightningDataModule):
                  fields: Sequence[str] = ("sem",), num_workers: int = 2, val_num_workers: int = 0, seed: int = 0,
                  min_dur: float = 0.5, max_dur: float = 30.0, shuffle_buffer: int = 500,
                  max_batch_size: int | None = None, tokenizer_identity: dict | None = None,
-                 demo: dict | None = None):
+                 demo: dict | None = None, conditions: Any = None, cond_seed: int = 0):
         super().__init__()
-        self.save_hyperparameters(logger=False)
+        self.save_hyperparameters(ignore=["conditions"], logger=False)  # plain values only (weights_only loads)
+        self.condition_stage = None if conditions is None else ConditionStage(conditions, cond_seed)
         self.train_shards, self.val_shards = train_shards, val_shards
         self.tokenizer_identity = dict(tokenizer_identity) if tokenizer_identity else None
 
@@ -72,10 +77,12 @@ class ShardDataModule(L.LightningDataModule):
             fields=tuple(h.fields), num_workers=h.num_workers if mode == "train" else h.val_num_workers,
             seed=self.stream_seed() if mode == "train" else h.seed,
             tokenizer_identity=self.tokenizer_identity, min_dur=h.min_dur, max_dur=h.max_dur,
-            shuffle_buffer=h.shuffle_buffer, max_batch_size=h.max_batch_size,
+            shuffle_buffer=h.shuffle_buffer, max_batch_size=h.max_batch_size, batch_stage=self.condition_stage,
             rank=trainer.global_rank if trainer else None, world_size=trainer.world_size if trainer else None)
 
     def train_dataloader(self):
+        if self.condition_stage is not None:
+            self.condition_stage.start = self.batches_consumed()
         return self._loader(self.train_shards, "train")
 
     def val_dataloader(self):
@@ -97,11 +104,14 @@ class ShardDataModule(L.LightningDataModule):
             return int(self.hparams.seed)
         return random.Random(f"{self.hparams.seed}/resume/{self._resumes}").getrandbits(31)
 
-    def state_dict(self) -> dict:
+    def batches_consumed(self) -> int:
+        """Training batches this rank has consumed (Lightning's counter, restored on resume)."""
         trainer = self.trainer
-        done = trainer.fit_loop.epoch_loop.batch_progress.total.processed if trainer is not None else 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.total.processed) if trainer is not None else 0
+
+    def state_dict(self) -> dict:
         return {"seed": int(self.hparams.seed), "resumes": self._resumes,
-                "batches_consumed_per_rank": int(done)}  # Lightning's counter, restored on resume
+                "batches_consumed_per_rank": self.batches_consumed()}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:

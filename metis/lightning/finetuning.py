@@ -11,7 +11,7 @@ from __future__ import annotations
 import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from metis.lightning.finetune_module import ExportFinetuned
+from metis.lightning.finetune_export import ExportFinetuned
 from metis.lightning.training import build_run, run_paths
 
 
@@ -26,7 +26,7 @@ def finetune_once(cfg: DictConfig) -> dict:
     """One fine-tuning run; returns metrics, held-out accuracy before/after, and the written paths."""
     run = build_run(cfg)
     module, trainer, datamodule = run.module, run.trainer, run.datamodule
-    print(f"{cfg.task.name}: {module.summary} (init={cfg.init})", flush=True)
+    print(f"{cfg.model.task}: {module.summary} (init={cfg.init})", flush=True)
     before = {}
     if not run.ckpt_path and cfg.get("validate_before"):
         before = _validate(trainer, module, datamodule)
@@ -36,7 +36,7 @@ def finetune_once(cfg: DictConfig) -> dict:
     export = next((cb for cb in run.callbacks if isinstance(cb, ExportFinetuned)), None)
     result = {
         **run_paths(run),
-        "task": cfg.task.name, "init": str(cfg.init), "summary": module.summary,
+        "task": cfg.model.task, "init": str(cfg.init), "summary": module.summary,
         "trainable": module.n_trainable, "total": module.n_total, "before": before, "after": after,
         "exported": {k: str(v) for k, v in export.written.items()} if export else {},
         "module": module,

@@ -26,7 +26,9 @@ from metis.lightning.strategies import optimizer_for_strategy
 
 
 class MaskedGenerativeModule(L.LightningModule):
-    """Shared optimisation, logging and RNG-state handling; subclasses implement `model_step`.
+    """Shared optimisation, logging and RNG-state handling; subclasses implement `model_step` and may
+    override `prepare_batch` (what a loader batch becomes before `model_step`: the fine-tune builds its
+    task inputs there).
 
     Args:
         net: the masked generative model (MetisStage1 or MaskGCTS2A).
@@ -54,12 +56,16 @@ class MaskedGenerativeModule(L.LightningModule):
         self.nonfinite_guard = NonFiniteGuard(max_consecutive_nonfinite)
 
     # ---- one step, shared by train and val -------------------------------------------------
-    def model_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError  # the two subclasses below are the only implementations
+    def prepare_batch(self, batch: dict, split: str) -> Any:
+        """The loader batch as `model_step` takes it (split: "train" or "val"); the batch itself here."""
+        return batch
+
+    def model_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError  # the subclasses (pre-training below, FinetuneModule) implement it
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         guard = self.nonfinite_guard
-        loss, stats = self.model_step(batch)
+        loss, stats = self.model_step(self.prepare_batch(batch, "train"))
         n_valid = stats.pop("n_valid")
         log = dict(on_step=True, on_epoch=False, batch_size=int(stats["n_masked"].clamp(min=1)))
         if guard.check(loss, self.trainer.strategy, self.trainer.global_step):
@@ -69,7 +75,7 @@ class MaskedGenerativeModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, **log)
         for name, value in stats.items():
             self.log(f"train/{name}", value.float(), **log)
-        if "padding_ratio" in batch:
+        if isinstance(batch, dict) and "padding_ratio" in batch:
             self.log("train/padding_ratio", float(torch.as_tensor(batch["padding_ratio"]).float().mean()), **log)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], **log)
         skips = getattr(self.trainer.train_dataloader, "skips", None)  # metis.data loaders count dropped samples
@@ -94,10 +100,11 @@ class MaskedGenerativeModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # Same corruption on every evaluation: fork the RNG and seed it per batch.
+        prepared = self.prepare_batch(batch, "val")
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.hparams.val_seed + batch_idx)
-            loss, stats = self.model_step(batch)
+            loss, stats = self.model_step(prepared)
         stats.pop("n_valid")
         n = int(stats["n_masked"].clamp(min=1))
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)

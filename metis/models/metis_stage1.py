@@ -28,8 +28,7 @@ from metis.models.decoding import (DecodeConfig, Packer, UniformNoise, autocast,
                                    masked_decode, pad_rows, segment, valid_mask)
 from metis.models.llama_nar import LlamaNAR, two_layer_mlp
 
-FT_TYPES_WITH_ADAPTER = ("vc", "se", "tse", "l2s", "omni")
-FT_TYPES = (None, "tts") + FT_TYPES_WITH_ADAPTER
+NO_ADAPTER_FT_TYPES = (None, "tts")  # the released configs' rule: every other ft_type carries cond_adapter
 
 
 class SimpleAdapter(nn.Module):
@@ -66,7 +65,8 @@ class MetisStage1(nn.Module):
         cond_codebook_size: v, number of semantic codes (8192).
         cfg_scale: probability of dropping the prompt for a whole training batch (unconditional case).
         use_phone_cond: build `phone_emb` and the estimator's `cond_mlp` (tts, omni).
-        ft_type: None/"tts" (no adapter) or one of vc, se, tse, l2s, omni (builds `cond_adapter`).
+        ft_type: the fine-tune's name: None/"tts" build no adapter, any other name (se, tse, vc, l2s,
+            omni, or a new task's: the task registry `metis.tasks` picks it) builds `cond_adapter`.
         cond_dim: adapter input size c (1024 for w2v-BERT features, 768 for l2s visual features).
         use_zero_gate_adapter: None means True unless ft_type == "l2s", which uses a plain MLP (docs/reference.md Q11).
         phone_vocab_size, phone_pad_id: phone table size and its padding row (zero at init).
@@ -84,8 +84,8 @@ class MetisStage1(nn.Module):
                  phone_vocab_size: int = 1024, phone_pad_id: int = 1023, mask_prob_floor: float = 0.2,
                  prompt_max_ratio: float = 0.4, gradient_checkpointing: bool = False, norm_init: str = "reference"):
         super().__init__()
-        if ft_type not in FT_TYPES:
-            raise ValueError(f"ft_type must be one of {FT_TYPES}, got {ft_type!r}")
+        if ft_type is not None and (not isinstance(ft_type, str) or not ft_type):
+            raise ValueError(f"ft_type must be None or a task name, got {ft_type!r}")
         d = hidden_size
         self.hidden_size = d
         self.cond_codebook_size = cond_codebook_size
@@ -103,7 +103,7 @@ class MetisStage1(nn.Module):
         self.diff_estimator = LlamaNAR(d, num_layers, num_heads, use_cond_mlp=use_phone_cond,
                                        gradient_checkpointing=gradient_checkpointing)
         self.cond_adapter = None
-        if ft_type in FT_TYPES_WITH_ADAPTER:
+        if ft_type not in NO_ADAPTER_FT_TYPES:
             zero_gate = (ft_type != "l2s") if use_zero_gate_adapter is None else use_zero_gate_adapter
             self.cond_adapter = SimpleAdapter(cond_dim, d) if zero_gate else two_layer_mlp(cond_dim, 4 * d, d)
         self.norm_init = norm_init

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 TINY_NET = dict(hidden_size=32, num_layers=2, num_heads=2, cond_codebook_size=16, norm_init="unit")
 R = 4
 LORA = ("peft=lora", f"peft.r={R}")
-SE = [*[o for o in TINY if not o.startswith("logger=")], "logger=none", "task=se", "data.n_train=2", "task.conditioner.degrader.rirs=null", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+SE = [*[o for o in TINY if not o.startswith("logger=")], "logger=none", "task=se", "data.n_train=2", "data.conditions.degrader.rirs=null", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
       "callbacks.model_checkpoint.every_n_train_steps=2", "num_threads=1"]
 STEM = f"metis_se_lora_{R}"
 
@@ -46,7 +46,7 @@ class RecordOutputs(L.Callback):
 
     def on_train_end(self, trainer, module):
         batch = next(iter(trainer.datamodule.val_dataloader()))
-        inputs = module.build_inputs(batch, seed=7, split="val")
+        inputs = module.prepare_batch(batch, "val")  # the conditions the loader simulated
         module.eval()
         torch.manual_seed(9)
         with torch.no_grad():

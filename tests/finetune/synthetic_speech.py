@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from metis.conditions.builders import ConditionStage
 from metis.tokenizers.kmeans import KMeansConfig, KMeansTokenizer
 
 SR = 16000
@@ -77,11 +78,13 @@ class SyntheticSpeechDataModule(L.LightningDataModule):
     """Fixed synthetic batches: `n_train` cycled for training, `n_val` for validation.
 
     Accepts the keys of configs/data/synthetic.yaml (codebook_size = the tokenizer's clusters) plus
-    `tokenizer_dir` (fitted there when missing) and `fields` (vis is added when asked for)."""
+    `tokenizer_dir` (fitted there when missing), `fields` (vis is added when asked for) and, as
+    ShardDataModule, `conditions` + `cond_seed` (the condition simulation as a loader stage)."""
 
     def __init__(self, tokenizer_dir: str, codebook_size: int = 16, n_train: int = 4, n_val: int = 2, batch_size: int = 4,
-                 fields=("sem", "wav16"), seed: int = 0, **_ignored):
+                 fields=("sem", "wav16"), seed: int = 0, conditions=None, cond_seed: int = 0, **_ignored):
         super().__init__()
+        self.condition_stage = None if conditions is None else ConditionStage(conditions, cond_seed)
         self.tokenizer_dir, self.codebook_size = Path(tokenizer_dir), codebook_size
         self.n_train, self.n_val, self.batch_size, self.fields, self.seed = n_train, n_val, batch_size, tuple(fields), seed
 
@@ -94,29 +97,34 @@ class SyntheticSpeechDataModule(L.LightningDataModule):
         self.val = [make_batch(tok, self.batch_size, 10_000 + i, vis_dim=vis) for i in range(self.n_val)]
 
     def train_dataloader(self):
-        return _Cycle(self.train)
+        if self.condition_stage is not None and self.trainer is not None:  # as ShardDataModule: survives resume
+            self.condition_stage.start = int(self.trainer.fit_loop.epoch_loop.batch_progress.total.processed)
+        return _Cycle(self.train, self.condition_stage, f"{self.seed}")
 
     def val_dataloader(self):
-        return _Fixed(self.val)
+        return _Fixed(self.val, self.condition_stage, f"{self.seed}")
 
 
 class _Cycle:
-    def __init__(self, batches):
-        self.batches = batches
+    def __init__(self, batches, stage=None, key=""):
+        self.batches, self.stage, self.key = batches, stage, key
 
     def __iter__(self):
-        while True:
-            yield from self.batches
+        def endless():
+            while True:
+                yield from self.batches
+
+        return endless() if self.stage is None else self.stage(endless(), "train", self.key)
 
 
 class _Fixed:
     """One pass over fixed batches (a plain list would read as several dataloaders)."""
 
-    def __init__(self, batches):
-        self.batches = batches
+    def __init__(self, batches, stage=None, key=""):
+        self.batches, self.stage, self.key = batches, stage, key
 
     def __iter__(self):
-        return iter(self.batches)
+        return iter(self.batches) if self.stage is None else self.stage(iter(self.batches), "val", self.key)
 
     def __len__(self):
         return len(self.batches)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from metis import conditions as C
-from metis.lightning.conditioning import (L2SConditions, OmniConditions, SEConditions, TSEConditions, TTSConditions,
+from metis.conditions.builders import (L2SConditions, OmniConditions, SEConditions, TSEConditions, TTSConditions,
                                           VCConditions, align_frames)
 from metis.text import PHONE_PAD_ID
 from tests.finetune.synthetic_speech import HOP, make_batch

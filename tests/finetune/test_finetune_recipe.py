@@ -10,7 +10,7 @@ from metis.lightning.finetuning import comparison_table, finetune
 from metis.models.metis_stage1 import MetisStage1
 
 TINY_NET = dict(hidden_size=32, num_layers=2, num_heads=2, cond_codebook_size=16, norm_init="unit")
-SE = ["task=se", "peft=lora", "peft.r=4", "data.n_train=1", "task.conditioner.degrader.rirs=null"]
+SE = ["task=se", "peft=lora", "peft.r=4", "data.n_train=1", "data.conditions.degrader.rirs=null"]
 
 
 def _base(path, seed=0):

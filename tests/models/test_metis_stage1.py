@@ -155,8 +155,10 @@ def test_adapter_forms():
     assert isinstance(l2s, torch.nn.Sequential) and sorted(k for k, _ in l2s.named_parameters()) == ["0.bias", "0.weight", "2.bias", "2.weight"]
     assert isinstance(tiny(ft_type="l2s", use_zero_gate_adapter=True).cond_adapter, SimpleAdapter)
     assert tiny(ft_type="tts").cond_adapter is None and tiny().cond_adapter is None
-    with pytest.raises(ValueError, match="ft_type"):
-        tiny(ft_type="asr")
+    assert isinstance(tiny(ft_type="asr").cond_adapter, SimpleAdapter)  # a new task's name: the zero-gate adapter
+    for bad in ("", 3):
+        with pytest.raises(ValueError, match="ft_type"):
+            tiny(ft_type=bad)
     with pytest.raises(ValueError, match="cond_adapter"):
         tiny().adapter(torch.zeros(1, 3, 8))
 

@@ -30,8 +30,9 @@ Axes: b batch, n samples (16 kHz), t frames (50 Hz), c condition features, p pho
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import torch
 
@@ -150,43 +151,102 @@ def _offsets(feats: list[torch.Tensor], lengths: list[int]) -> float:
     return float(sum(abs(f.shape[0] - n) for f, n in zip(feats, lengths)) / max(len(lengths), 1))
 
 
-class ConditionBuilder:
-    """Base: a callable batch -> TaskInputs. Subclasses set `task` and implement `__call__`.
+def featurize(inputs: TaskInputs, extractor: FeatureExtractor | None) -> TaskInputs:
+    """Fill `finetune_cond` from the simulated `cond_wavs` (tasks whose condition is audio): the
+    extractor's features of each waveform, aligned to its row's token length (Q9). Inputs whose
+    condition needs no features (tts, l2s) come back unchanged."""
+    if inputs.cond_wavs is None or inputs.finetune_cond is not None:
+        return inputs
+    if extractor is None:
+        raise ValueError(f"{inputs.task} conditions need a feature extractor (model.features)")
+    feats = _features(extractor, inputs.cond_wavs)
+    lengths = [int(n) for n in inputs.x_mask.sum(1).long().tolist()]
+    cond, _ = pad_rows([align_frames(f.to(inputs.x0.device), n) for f, n in zip(feats, lengths)])
+    inputs.finetune_cond = cond
+    inputs.stats["cond_frame_offset"] = _offsets(feats, lengths)
+    return inputs
 
-    `reset(split)` is called at the start of each validation so that its conditions are the same at
-    every evaluation.
+
+class ConditionBuilder:
+    """Base: batch -> TaskInputs. Subclasses set `task` and implement `simulate`.
+
+    `simulate` does the waveform work (no model, no extractor needed when the batch carries tokens),
+    so it can run in the DataLoader workers (`ConditionStage`); `featurize` then computes the features
+    where the extractor runs. `builder(batch, extractor, generator, split)` does both.
+    `reset(split)` is called at the start of each validation pass so that its conditions are the same
+    at every evaluation.
     """
 
     task: str = ""
     uses_features: bool = True
 
+    def simulate(self, batch: Mapping, generator: torch.Generator, split: str = "train",
+                 extractor: FeatureExtractor | None = None) -> TaskInputs:
+        """The batch's task inputs with the condition waveforms (`cond_wavs`), features not computed;
+        `extractor` only encodes tokens when the batch carries none."""
+        raise NotImplementedError  # every task below implements it
+
     def __call__(self, batch: Mapping, extractor: FeatureExtractor | None, generator: torch.Generator,
                  split: str = "train") -> TaskInputs:
-        raise NotImplementedError  # every task below implements it
+        if self.uses_features and extractor is None:
+            raise ValueError(f"{self.task} conditions need a feature extractor (model.features)")
+        return featurize(self.simulate(batch, generator, split, extractor), extractor)
 
     def reset(self, split: str) -> None:
         return None
 
 
+class ConditionStage:
+    """The condition simulation as a stage of the loader pipeline, run in the DataLoader workers:
+    each batch gets `batch["task_inputs"]` = `builder.simulate(batch, generator, split)`.
+
+    Seeds: batch i of a pass draws from a generator seeded by (`seed`, split, the pass key, start + i),
+    where `start` is the number of training batches this rank had consumed when the loader was made
+    (0 on a fresh run; set by the datamodule, so a resumed run of the same batches draws the same
+    conditions). The shard loader's pass key is (stream seed, epoch, pass, rank x worker slot) for
+    training - a resumed run also re-seeds the stream (`ShardDataModule.stream_seed`), so it reads other
+    batches and draws fresh, reproducible conditions - and (data seed, slot) for validation, so every
+    evaluation sees the same conditions.
+
+    Args:
+        builder: a ConditionBuilder (`configs/task/<name>.yaml`'s `data.conditions`).
+        seed: the run's seed (`cond_seed`).
+    """
+
+    def __init__(self, builder: ConditionBuilder, seed: int = 0):
+        self.builder = builder
+        self.seed = int(seed)
+        self.start = 0
+
+    def __call__(self, batches: Iterator[dict], split: str, pass_key: str) -> Iterator[dict]:
+        self.builder.reset(split)  # a new pass: validation reservoirs start empty every time
+        start = self.start if split == "train" else 0
+        for i, batch in enumerate(batches, start=start):
+            seed = random.Random(f"{self.seed}/{split}/{pass_key}/{i}").getrandbits(63)
+            yield {**batch, "task_inputs": self.builder.simulate(batch, torch.Generator().manual_seed(seed), split)}
+
+
 # --------------------------------------------------------------------------------------------- SE
 
 class SEConditions(ConditionBuilder):
-    """Speech enhancement: condition = features of the degraded audio, target = tokens of the clean
-    audio, no prompt.
+    """Speech enhancement, and any restoration task like it: condition = features of the degraded
+    audio, target = tokens of the clean audio, no prompt.
 
     Args:
-        degrader: a `metis.conditions.SEDegrader` (noise at a random SNR, reverb, clipping, band-limiting;
-            each knob in its config). The other utterances of the batch are offered for babble.
+        degrader: `degrader(wav, generator, others=[...]) -> (degraded wav, info)`: for se a
+            `metis.conditions.SEDegrader` (noise at a random SNR, reverb, clipping, band-limiting; each
+            knob in its config; the other utterances of the batch are offered for babble); another
+            restoration task passes its own simulator.
+        task: the task these inputs train (the registry name; "se" by default).
     """
 
     task = "se"
 
-    def __init__(self, degrader: Any):
+    def __init__(self, degrader: Any, task: str = "se"):
         self.degrader = degrader
+        self.task = task
 
-    def __call__(self, batch, extractor, generator, split="train"):
-        if extractor is None:
-            raise ValueError("se conditions need a feature extractor (model.features)")
+    def simulate(self, batch, generator, split="train", extractor=None):
         utts = utterances(batch, extractor)
         degraded, infos = [], []
         for i, u in enumerate(utts):
@@ -194,15 +254,12 @@ class SEConditions(ConditionBuilder):
             wav, info = self.degrader(u.wav, generator, others=others)
             degraded.append(wav)
             infos.append(dict(info))
-        feats = _features(extractor, degraded)
-        lengths = [len(u.tokens) for u in utts]
         x0, x_mask = pad_rows([u.tokens for u in utts])
-        cond, _ = pad_rows([align_frames(f, n) for f, n in zip(feats, lengths)])
-        stats = {"cond_frame_offset": _offsets(feats, lengths)}
+        stats = {}
         snrs = [float(i["snr_db"]) for i in infos if i.get("snr_db") is not None]
         if snrs:
             stats["snr_db"] = sum(snrs) / len(snrs)
-        return TaskInputs(self.task, x0, x_mask, cond, torch.zeros(len(utts), dtype=torch.long), info=infos, stats=stats,
+        return TaskInputs(self.task, x0, x_mask, None, torch.zeros(len(utts), dtype=torch.long), info=infos, stats=stats,
                           cond_wavs=degraded)
 
 
@@ -273,9 +330,7 @@ class PromptedConditions(ConditionBuilder):
             p_wav = p_wav[start * self.hop: (start + self.max_prompt_frames) * self.hop]
         return p_wav, p_tok, target_wav, target_tok, fell_back
 
-    def __call__(self, batch, extractor, generator, split="train"):
-        if extractor is None:
-            raise ValueError(f"{self.task} conditions need a feature extractor (model.features)")
+    def simulate(self, batch, generator, split="train", extractor=None):
         utts = utterances(batch, extractor)
         drop = float(torch.rand((), generator=generator)) < self.p_drop_prompt if split == "train" else False
         cond_wavs, targets, prompt_lens, infos, fallbacks = [], [], [], [], 0
@@ -299,16 +354,13 @@ class PromptedConditions(ConditionBuilder):
         reservoir = self.reservoirs.setdefault(split, C.SpeakerReservoir(*self._reservoir_args))
         for u in utts:  # after drawing: an utterance never prompts itself
             reservoir.add(u.speaker, u.key, u.wav, u.tokens)
-        feats = _features(extractor, cond_wavs)
-        lengths = [len(t) for t in targets]
         x0, x_mask = pad_rows(targets)
-        cond, _ = pad_rows([align_frames(f, n) for f, n in zip(feats, lengths)])
-        stats = {"cond_frame_offset": _offsets(feats, lengths), "prompt_fallback": fallbacks / len(utts),
+        stats = {"prompt_fallback": fallbacks / len(utts),
                  "prompt_dropped": float(drop)}
         same = [i["same_speaker_interferer"] for i in infos if "same_speaker_interferer" in i]
         if same:
             stats["same_speaker_interferer"] = sum(same) / len(same)
-        return TaskInputs(self.task, x0, x_mask, cond, torch.tensor(prompt_lens, dtype=torch.long), info=infos, stats=stats,
+        return TaskInputs(self.task, x0, x_mask, None, torch.tensor(prompt_lens, dtype=torch.long), info=infos, stats=stats,
                           cond_wavs=cond_wavs)
 
 
@@ -376,7 +428,7 @@ class L2SConditions(ConditionBuilder):
         self.prompt_ratio = (lo, hi)
         self.p_drop_prompt = float(p_drop_prompt)
 
-    def __call__(self, batch, extractor, generator, split="train"):
+    def simulate(self, batch, generator, split="train", extractor=None):
         missing = [k for k in ("vis", "vis_lens", "sem", "sem_lens") if k not in batch]
         if missing:
             raise KeyError(f"l2s needs visual features and tokens: the batch lacks {missing} "
@@ -435,7 +487,7 @@ class TTSConditions(ConditionBuilder):
             self._cache[key] = list(ids)
         return self._cache[key]
 
-    def __call__(self, batch, extractor, generator, split="train"):
+    def simulate(self, batch, generator, split="train", extractor=None):
         from metis.text import PHONE_PAD_ID
 
         if "sem" not in batch and extractor is None:
@@ -489,8 +541,8 @@ class OmniConditions(ConditionBuilder):
         for b in self.tasks.values():
             b.reset(split)
 
-    def __call__(self, batch, extractor, generator, split="train"):
+    def simulate(self, batch, generator, split="train", extractor=None):
         name = self.names[int(torch.multinomial(self.weights, 1, generator=generator))]
-        out = self.tasks[name](batch, extractor, generator, split)
+        out = self.tasks[name].simulate(batch, generator, split, extractor)
         out.stats[f"task_{name}"] = 1.0
         return out
