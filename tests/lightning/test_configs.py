@@ -113,3 +113,16 @@ def test_every_tokenizer_preset_lands_in_the_module_config(tokenizer, tmp_path):
     assert cfg.model.tokenizer._target_.startswith("metis.tokenizers.")
     assert list(cfg.data.fields) == ["wav16"]
     OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("demo, paper", [("tiny", "metis_base"), ("tiny_s2a", "s2a_1layer")])
+def test_paper_presets_are_roots_and_demo_presets_diffs(demo, paper):
+    """Editing a demo preset cannot change the paper recipe: the paper preset inherits from nothing,
+    the demo preset starts from it and lists only what it changes."""
+    root, diff = (OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{n}.yaml") for n in (paper, demo))
+    assert "defaults" not in root and list(diff.defaults) == [paper, "_self_"]
+    assert "_target_" not in diff and "_target_" not in diff.net
+    full = compose_train([f"model={demo}"]).model
+    for key in ("cfg_scale", "mask_prob_floor") if paper == "metis_base" else ("codebook_size", "mask_layer_schedule"):
+        assert full.net[key] == root.net[key]  # inherited, not copied
+    assert full.net.hidden_size == diff.net.hidden_size != root.net.hidden_size
