@@ -8,15 +8,16 @@ from metis.eval.metrics.base import Metric, MetricUnavailable
 from metis.eval.metrics.dnsmos import DNSMOS
 from metis.eval.metrics.intrusive import PESQ, SISDR, STOI, MelDistance
 from metis.eval.metrics.neural_mos import NISQA, UTMOS, DistillMOS
+from metis.eval.metrics.plcmos import PLCMOS
 from metis.eval.metrics.similarity import ResemblyzerSim, WavLMSim
 
 __all__ = [
     "Metric", "MetricUnavailable", "MetricOptions", "build_metrics", "METRIC_NAMES",
-    "PESQ", "STOI", "SISDR", "MelDistance", "DNSMOS", "DistillMOS", "NISQA", "UTMOS", "WavLMSim", "ResemblyzerSim", "WhisperWER",
+    "PESQ", "STOI", "SISDR", "MelDistance", "DNSMOS", "PLCMOS", "DistillMOS", "NISQA", "UTMOS", "WavLMSim", "ResemblyzerSim", "WhisperWER",
 ]
 
 #: names accepted by ``build_metrics``; "sim" is WavLM when a model is given, else the resemblyzer fallback
-METRIC_NAMES = ("pesq", "stoi", "sisdr", "mel", "dnsmos", "distillmos", "utmos", "nisqa", "sim", "sim_wavlm",
+METRIC_NAMES = ("pesq", "stoi", "sisdr", "mel", "dnsmos", "plcmos", "distillmos", "utmos", "nisqa", "sim", "sim_wavlm",
                 "sim_resemblyzer", "wer")
 
 
@@ -44,6 +45,8 @@ def _make(name: str, o: MetricOptions) -> Metric:
         return MelDistance()
     if name == "dnsmos":
         return DNSMOS(threads=o.threads)
+    if name == "plcmos":
+        return PLCMOS(threads=o.threads)
     if name == "distillmos":
         return DistillMOS(device=o.device)
     if name == "utmos":
