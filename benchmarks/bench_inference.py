@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from metis import tasks as registry
 from metis.inference.generate import Item, generate
 from metis.inference.tasks import S2A_1LAYER_DEFAULT, S2A_FULL_DEFAULT, STAGE1_DEFAULTS, TASKS
 from metis.models.acoustic_codec import CodecDecoder
@@ -62,12 +63,15 @@ def build(size: str, device) -> tuple[dict, MaskGCTS2A, MaskGCTS2A]:
     s = SIZES[size]
     torch.manual_seed(0)
     common = dict(hidden_size=s["hidden"], num_layers=s["layers"], num_heads=s["heads"], cond_codebook_size=s["vocab"])
-    stage1 = {
-        "tts": MetisStage1(**common, ft_type="tts", use_phone_cond=True),
-        "se": MetisStage1(**common, ft_type="se", cond_dim=1024),
-        "l2s": MetisStage1(**common, ft_type="l2s", cond_dim=768),
-    }
-    stage1["tse"] = stage1["vc"] = stage1["se"]
+    # one model per kind of condition the registry's tasks use (the audio tasks share one: same shapes)
+    kinds = {}
+    stage1 = {}
+    for task in TASKS:
+        spec = registry.get(task)
+        kwargs = spec.model_kwargs(feature_dim=1024)
+        key = (spec.input, kwargs.get("cond_dim"), spec.phones)
+        kinds.setdefault(key, MetisStage1(**common, **kwargs))
+        stage1[task] = kinds[key]
     s2a = dict(hidden_size=s.get("s2a_hidden", s["hidden"]), num_layers=s.get("s2a_layers", s["layers"]),
                num_heads=s.get("s2a_heads", s["heads"]), codebook_size=1024, cond_codebook_size=s["vocab"])
     return stage1, MaskGCTS2A(num_quantizer=1, **s2a), MaskGCTS2A(num_quantizer=12, predict_layer_1=False, **s2a)
@@ -75,17 +79,16 @@ def build(size: str, device) -> tuple[dict, MaskGCTS2A, MaskGCTS2A]:
 
 def make_item(task: str, vocab: int, prompt_frames: int, target_frames: int) -> Item:
     g = torch.Generator().manual_seed(1)
-    tp = 0 if task == "se" else prompt_frames
+    spec = registry.get(task)
+    tp = prompt_frames if spec.prompt else 0
     ids = torch.randint(0, vocab, (tp,), generator=g)
     acoustic = torch.randint(0, 1024, (tp + (1 if tp else 0), 12), generator=g)  # one frame longer (docs/reference.md Q10)
-    phones = torch.randint(0, 300, (4 * (tp + target_frames) // 10,), generator=g) if task == "tts" else None
+    phones = torch.randint(0, 300, (4 * (tp + target_frames) // 10,), generator=g) if spec.phones else None
     cond = None
-    if task in ("se", "tse", "vc"):
-        cond = torch.randn(tp + target_frames, 1024, generator=g)
-    elif task == "l2s":
-        cond = torch.randn(tp + target_frames, 768, generator=g)
+    if spec.adapter:
+        cond = torch.randn(tp + target_frames, spec.cond_dim or 1024, generator=g)
     return Item(request=0, chunk=0, start=0, task=task, prompt_ids=ids, target_len=target_frames, acoustic_prompt=acoustic,
-                keep_prompt=task != "se", phones=phones, finetune_cond=cond, seed=7, stage1=STAGE1_DEFAULTS[task],
+                keep_prompt=spec.prompt, phones=phones, finetune_cond=cond, seed=7, stage1=STAGE1_DEFAULTS[task],
                 s2a_1layer=S2A_1LAYER_DEFAULT, s2a_full=S2A_FULL_DEFAULT)
 
 
@@ -111,7 +114,7 @@ def run(size: str, tasks, device, prompt_s: float, target_s: float) -> list[dict
         model.to(device).eval().requires_grad_(False)
     rows = []
     for task in tasks:
-        target = int(target_s * 50) * (2 if task == "se" else 1)
+        target = int(target_s * 50) * (1 if registry.get(task).prompt else 2)  # unprompted: the whole length is generated
         item = make_item(task, SIZES[size]["vocab"], int(prompt_s * 50), target)
         out = {}
         for fast in (False, True):

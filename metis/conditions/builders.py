@@ -153,7 +153,7 @@ def _offsets(feats: list[torch.Tensor], lengths: list[int]) -> float:
 
 def featurize(inputs: TaskInputs, extractor: FeatureExtractor | None) -> TaskInputs:
     """Fill `finetune_cond` from the simulated `cond_wavs` (tasks whose condition is audio): the
-    extractor's features of each waveform, aligned to its row's token length (Q9). Inputs whose
+    extractor's features of each waveform, aligned to its row's token length (docs/reference.md Q9). Inputs whose
     condition needs no features (tts, l2s) come back unchanged."""
     if inputs.cond_wavs is None or inputs.finetune_cond is not None:
         return inputs
