@@ -56,6 +56,7 @@ class TaskSpec:
         lora_r: rank of the published LoRA split (`metis_{task}_lora_{r}`), or None.
         metrics: the paper's metric set (`python -m metis.eval --task`).
         score_input: the evaluation also scores the request's input (before/after comparison).
+        serves: for a multi-task model (omni): the tasks its checkpoint serves at inference.
     """
 
     name: str
@@ -76,6 +77,7 @@ class TaskSpec:
     lora_r: int | None = None
     metrics: tuple[str, ...] = ()
     score_input: bool = False
+    serves: tuple[str, ...] = ()
 
     @property
     def adapter(self) -> bool:
@@ -118,7 +120,7 @@ _SPECS = (
              checkpoint=("metis", "metis_l2s"), metrics=("wer", "sim", "dnsmos")),
     TaskSpec("omni", "one model for tts / se / tse / vc (phones and adapter); serves those tasks at inference",
              ft_type="omni", phones=True, conditioner=_B + "OmniConditions", input=None, request_fields=(),
-             checkpoint=("metis", "metis_omni")),
+             checkpoint=("metis", "metis_omni"), serves=("tts", "se", "tse", "vc")),
 )
 
 #: name -> spec, in a stable order

@@ -82,3 +82,24 @@ def test_eval_metric_sets_come_from_the_registry():
 def test_unknown_task_is_named():
     with pytest.raises(KeyError, match="unknown task 'nope'; tasks are tts"):
         registry.get("nope")
+
+
+def test_pipeline_serves_published_tasks_and_those_given_a_checkpoint():
+    published_tasks = [n for n in TASKS if registry.get(n).checkpoint is not None]
+    assert loading.default_tasks({}) == published_tasks
+    assert loading.default_tasks({TASKS[0]: "some/export"}) == published_tasks
+    # omni serves the tasks the registry says it serves; the others keep their own model
+    served = registry.get("omni").serves
+    others = [n for n in TASKS if n not in served]
+    assert loading.stage1_keys(list(TASKS), omni=True) == ["omni", *others]
+    assert loading.stage1_keys(["tts", "se"], omni=False) == ["tts", "se"]
+
+
+def test_a_task_with_nothing_published_is_named_when_asked_for(monkeypatch):
+    spec = registry.TaskSpec("newtask", "a task with nothing published", ft_type="newtask", decode=registry.decode(10, 0.0))
+    monkeypatch.setattr(loading, "TASKS", (*TASKS, "newtask"))
+    monkeypatch.setattr(registry, "TASKS", {**registry.TASKS, "newtask": spec})
+    assert "newtask" not in loading.default_tasks({}) and "newtask" in loading.default_tasks({"newtask": "/x"})
+    lines = loading.missing_checkpoints(["newtask"], metis="/nonexistent/metis", maskgct="/nonexistent/maskgct",
+                                        w2v_bert="/nonexistent/w2v", stage1={}, semantic=False, acoustic=False)
+    assert any(line.startswith("newtask stage 1 (pipeline.stage1.newtask): nothing is published") for line in lines), lines

@@ -160,6 +160,21 @@ def _stage1_missing(task: str, source: str | os.PathLike) -> str | None:
     return None if not split else f"neither the full fine-tune ({full}) nor the published LoRA split ({'; '.join(split)})"
 
 
+def stage1_keys(tasks: Sequence[str], omni: bool) -> list[str]:
+    """The stage-1 models a pipeline serving `tasks` loads: one per task, or with `omni` the omni model
+    for the tasks it serves (registry: `omni.serves`) and one per other task."""
+    if not omni:
+        return list(tasks)
+    return ["omni"] + [t for t in tasks if t not in registry.get("omni").serves]
+
+
+def default_tasks(stage1: Mapping[str, Any] | None) -> list[str]:
+    """Every inference task with a published checkpoint, plus those given a source in `stage1` (a task
+    with nothing published, such as a new one, is served once you give its fine-tune's export)."""
+    stage1 = stage1 or {}
+    return [t for t in TASKS if t in STAGE1_KINDS or stage1.get(t)]
+
+
 def missing_checkpoints(tasks: Sequence[str], *, metis: str, maskgct: str, w2v_bert: str, stage1: Mapping[str, Any],
                         omni: bool = False, s2a_1layer: str | None = None, s2a_full: str | None = None,
                         semantic: bool = True, acoustic: bool = True) -> list[str]:
@@ -173,9 +188,12 @@ def missing_checkpoints(tasks: Sequence[str], *, metis: str, maskgct: str, w2v_b
                             ("s2a_full", "maskgct_s2a_full", s2a_full or maskgct)):
         if _export_files(src) is None and (m := _missing(src, published.kind_spec(kind).filename)):
             problems.append(f"{kind} ({SOURCE_KEYS[role]}): {m}")
-    keys = (["omni"] + (["l2s"] if "l2s" in tasks else [])) if omni else list(tasks)
-    for key in keys:
-        role = STAGE1_KINDS[key][0]
+    for key in stage1_keys(tasks, omni):
+        if key not in STAGE1_KINDS and not stage1.get(key):
+            problems.append(f"{key} stage 1 ({SOURCE_KEYS['stage1']}.{key}): nothing is published for {key}; give your "
+                            f"fine-tune's export folder")
+            continue
+        role = STAGE1_KINDS[key][0] if key in STAGE1_KINDS else "metis"
         src = stage1.get(key) or {"metis": metis, "maskgct": maskgct}[role]
         if m := _stage1_missing(key, src):
             where = f"{SOURCE_KEYS['stage1']}.{key}" if stage1.get(key) else SOURCE_KEYS[role]
@@ -189,7 +207,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def load_pipeline(*, tasks: Sequence[str] = TASKS, metis: str = published.METIS_REPO, maskgct: str = published.MASKGCT_REPO,
+def load_pipeline(*, tasks: Sequence[str] | None = None, metis: str = published.METIS_REPO, maskgct: str = published.MASKGCT_REPO,
                   w2v_bert: str = "facebook/w2v-bert-2.0", stats: str | None = None, w2v_layer: int = 17,
                   stage1: Mapping[str, str | None] | None = None, omni: bool = False,
                   s2a_1layer: str | None = None, s2a_full: str | None = None,
@@ -201,11 +219,13 @@ def load_pipeline(*, tasks: Sequence[str] = TASKS, metis: str = published.METIS_
     """Assemble a Pipeline; stage-1 and S2A models load lazily (on a task's first use).
 
     Args:
-        tasks: tasks this pipeline serves (their stage-1 checkpoints are looked up on first use).
+        tasks: tasks this pipeline serves (their stage-1 checkpoints are looked up on first use); None:
+            `default_tasks(stage1)`.
         metis, maskgct, w2v_bert: sources of the three published repos (repo ids or local folders).
         stats: w2v-BERT normalisation stats; None = the released stats shipped with the package.
         stage1: task -> source replacing the default (an export folder of a fine-tune, a file, ...).
-        omni: serve every task but l2s with the omni checkpoint (`stage1.omni` or metis_omni).
+        omni: serve the tasks the omni model serves (registry `omni.serves`) with the omni checkpoint
+            (`stage1.omni` or metis_omni).
         s2a_1layer, s2a_full: sources of the S2A models (default: `maskgct`).
         *_config: constructor overrides (non-released sizes; tests use tiny models).
         semantic: a built semantic tokenizer (`features()` + `encode()` at 16 kHz) replacing w2v-BERT +
@@ -219,14 +239,14 @@ def load_pipeline(*, tasks: Sequence[str] = TASKS, metis: str = published.METIS_
     from metis.tokenizers.semantic import DEFAULT_STATS, SemanticTokenizer
 
     dev = resolve_device(device)
+    stage1 = dict(stage1 or {})
+    tasks = default_tasks(stage1) if tasks is None else list(tasks)
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise KeyError(f"unknown task(s) {unknown}; tasks are {TASKS}")
-    stage1 = dict(stage1 or {})
     task_cfg = {k: dict(v or {}) for k, v in (stage1_task_config or {}).items()}
     models: dict[str, Any] = {}
-    keys = (["omni"] + (["l2s"] if "l2s" in tasks else [])) if omni else list(tasks)
-    for key in keys:
+    for key in stage1_keys(tasks, omni):
         models[key] = functools.partial(load_stage1, key, stage1.get(key), metis=metis, maskgct=maskgct,
                                         overrides={**dict(stage1_config or {}), **task_cfg.get(key, {})}, device=dev)
     missing = missing_checkpoints(tasks, metis=metis, maskgct=maskgct, w2v_bert=str(w2v_bert),

@@ -67,7 +67,7 @@ class Pipeline:
 
     Args:
         stage1: task -> MetisStage1 (or a zero-argument loader called on first use). Key "omni" serves
-            every task it lacks (an omni checkpoint: phones for tts, adapter for se / tse / vc).
+            the tasks of the registry's `omni.serves` it lacks (phones for tts, adapter for se / tse / vc).
         s2a_1layer, s2a_full: the MaskGCT S2A models (or loaders).
         semantic: a SemanticTokenizer (features() and encode() on 16 kHz waveforms).
         acoustic: an AcousticTokenizer (encode() at 24 kHz, decode()).
@@ -130,7 +130,8 @@ class Pipeline:
         return model.to(self.device).eval().requires_grad_(False)
 
     def stage1_model(self, task: str) -> nn.Module:
-        key = task if task in self._stage1 else "omni" if "omni" in self._stage1 else None
+        omni = "omni" in self._stage1 and task in registry.get("omni").serves
+        key = task if task in self._stage1 else "omni" if omni else None
         if key is None:
             raise KeyError(f"no stage-1 model for task {task!r}: the pipeline has {sorted(self._stage1)}")
         if key not in self._on_device:
