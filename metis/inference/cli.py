@@ -32,7 +32,10 @@ def infer(cfg: DictConfig) -> list[Result]:
 
     Returns the results; the caller decides the exit status (non-zero if any failed).
     """
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+
+    from metis.checkpoints.io import CheckpointNotFoundError
 
     from metis.threads import set_threads
 
@@ -43,7 +46,12 @@ def infer(cfg: DictConfig) -> list[Result]:
     # only the requested tasks' checkpoints must be there (every missing file is named in one error)
     tasks = [request.task] if request is not None else \
         sorted({r.task for r in read_manifest(cfg.manifest, cfg.output_dir) if isinstance(r, Request)}) or None
-    pipeline = instantiate(cfg.pipeline, _convert_="all", **({"tasks": tasks} if tasks else {}))
+    try:
+        pipeline = instantiate(cfg.pipeline, _convert_="all", **({"tasks": tasks} if tasks else {}))
+    except InstantiationException as e:
+        if isinstance(e.__cause__, CheckpointNotFoundError):  # its message lists every missing file: not Hydra's repr
+            raise e.__cause__ from None
+        raise
     if request is None:
         results = run_manifest(pipeline, cfg.manifest, cfg.output_dir, cfg.get("results"))
     else:

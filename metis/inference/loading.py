@@ -143,7 +143,9 @@ def _missing(source: str | os.PathLike, filename: str) -> str | None:
     try:
         resolve(source, filename)
     except CheckpointNotFoundError as e:
-        return str(e)
+        if p.exists():
+            return str(e)
+        return f"{filename} of Hugging Face repo {source}: not in the local Hugging Face cache, and not downloadable now"
     return None
 
 
@@ -256,7 +258,9 @@ def load_pipeline(*, tasks: Sequence[str] | None = None, metis: str = published.
         raise CheckpointNotFoundError(
             f"{len(missing)} checkpoint file(s) missing; put each where it says, or point the key in brackets at "
             "another folder (infer.py / metis infer; in Python the same names without `pipeline.`):\n  - "
-            + "\n  - ".join(missing))
+            + "\n  - ".join(missing)
+            + "\nA repo id loads from the Hub when online, else from the Hugging Face cache; offline, copy the repo into a "
+              "folder (`hf download <repo> --local-dir <folder>` where the Hub is reachable) and pass that folder.")
     if semantic is None:  # the released w2v-BERT 2.0 + RepCodec (pipeline=demo passes its own)
         try:
             semantic = SemanticTokenizer(w2v_bert, stats if stats is not None else DEFAULT_STATS, maskgct, layer=w2v_layer,
