@@ -118,6 +118,9 @@ _SPECS = (
              cond_dim=768, features=False, fields=("sem", "vis"), conditioner=_B + "L2SConditions", input="video",
              prompt=True, request_fields=("video_features", "prompt"), decode=decode(25, cfg=0.0),
              checkpoint=("metis", "metis_l2s"), metrics=("wer", "sim", "dnsmos")),
+    TaskSpec("plc", "packet-loss concealment: speech with lost VoIP packets in, complete speech out", ft_type="plc",
+             conditioner=_B + "SEConditions", chunked=True, decode=decode(10, cfg=0.0),  # nothing published: se's settings
+             metrics=("plcmos", "dnsmos", "pesq", "stoi", "sisdr"), score_input=True),
     TaskSpec("omni", "one model for tts / se / tse / vc (phones and adapter); serves those tasks at inference",
              ft_type="omni", phones=True, conditioner=_B + "OmniConditions", input=None, request_fields=(),
              checkpoint=("metis", "metis_omni"), serves=("tts", "se", "tse", "vc")),
