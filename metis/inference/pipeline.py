@@ -133,7 +133,9 @@ class Pipeline:
         omni = "omni" in self._stage1 and task in registry.get("omni").serves
         key = task if task in self._stage1 else "omni" if omni else None
         if key is None:
-            raise KeyError(f"no stage-1 model for task {task!r}: the pipeline has {sorted(self._stage1)}")
+            raise KeyError(f"no stage-1 model for task {task!r}: the pipeline has {sorted(self._stage1)}"
+                           + ("" if registry.get(task).checkpoint else f"; nothing is published for {task}: give your "
+                              f"fine-tune's export (pipeline.stage1={{{task}:outputs/<run>/export}})"))
         if key not in self._on_device:
             self._stage1[key] = self._ready(self._stage1[key])
             self._on_device.add(key)

@@ -86,3 +86,10 @@ def test_eval_plc_scores_plcmos_and_intrusive_metrics(tmp_path):
         assert key in row and f"input_{key}" in row, (key, sorted(row), res["notes"])
     # 5 % of packets repeated is closer to the clean speech than 25 % zeroed, by every measure
     assert float(row["plcmos"]) > float(row["input_plcmos"]) and float(row["pesq_wb"]) > float(row["input_pesq_wb"])
+
+
+def test_plc_without_a_checkpoint_names_the_key(pipeline, lossy):
+    from metis.inference.tasks import Request
+
+    result = pipeline.run([Request("plc", input=str(lossy))])[0]
+    assert not result.ok and "nothing is published for plc" in result.error and "pipeline.stage1={plc:" in result.error
