@@ -200,13 +200,11 @@ class ConditionStage:
     """The condition simulation as a stage of the loader pipeline, run in the DataLoader workers:
     each batch gets `batch["task_inputs"]` = `builder.simulate(batch, generator, split)`.
 
-    Seeds: batch i of a pass draws from a generator seeded by (`seed`, split, the pass key, start + i),
-    where `start` is the number of training batches this rank had consumed when the loader was made
-    (0 on a fresh run; set by the datamodule, so a resumed run of the same batches draws the same
-    conditions). The shard loader's pass key is (stream seed, epoch, pass, rank x worker slot) for
-    training - a resumed run also re-seeds the stream (`ShardDataModule.stream_seed`), so it reads other
-    batches and draws fresh, reproducible conditions - and (data seed, slot) for validation, so every
-    evaluation sees the same conditions.
+    Seeds: batch i of a pass draws from a generator seeded by (`seed`, split, the pass key, start + i).
+    The shard loader's pass key is (stream seed, rank x worker slot), and for training `start` is the
+    number of batches that slot had emitted when its stream (re)started (set in the worker from the
+    slot's saved position, metis/data/resume.py), so a resumed run draws exactly the conditions of the
+    uninterrupted run; for validation start is 0, so every evaluation sees the same conditions.
 
     Args:
         builder: a ConditionBuilder (`configs/task/<name>.yaml`'s `data.conditions`).

@@ -38,6 +38,42 @@ def padding_ratio(lengths: list[int]) -> float:
     return 1.0 - sum(lengths) / (len(lengths) * max(lengths))
 
 
+class TokenBudgetBatcher:
+    """The pooling stage with its state in the open: `pool` (the (length, item) pairs waiting) is
+    what a resumed stream must get back (see metis/data/resume.py). Arguments as for
+    `token_budget_batches`."""
+
+    def __init__(self, max_tokens: int, *, pool_batches: int = 16, max_batch_size: int | None = None,
+                 rng: random.Random | None = None):
+        if max_tokens <= 0:
+            raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+        self.max_tokens, self.pool_batches, self.max_batch_size, self.rng = max_tokens, pool_batches, max_batch_size, rng
+        self.pool: list[tuple[int, T]] = []
+
+    def push(self, item: T, n: int) -> list[list[T]]:
+        """Add an item of `n` frames (n ≤ max_tokens); the batches this completes (often none)."""
+        self.pool.append((n, item))
+        if sum(p[0] for p in self.pool) >= self.pool_batches * self.max_tokens:
+            return self._cut(flush=False)
+        return []
+
+    def flush(self) -> list[list[T]]:
+        """Every pooled item in batches (the end of a finite stream)."""
+        return self._cut(flush=True) if self.pool else []
+
+    def _cut(self, flush: bool) -> list[list[T]]:
+        self.pool.sort(key=lambda p: p[0])
+        groups = cut_sorted(self.pool, [p[0] for p in self.pool], self.max_tokens, self.max_batch_size)
+        keep: list[tuple[int, T]] = []
+        if not flush and groups:
+            keep = [self.pool[i] for i in groups.pop()]
+        out = [[self.pool[i][1] for i in g] for g in groups]
+        self.pool = keep
+        if self.rng is not None:
+            self.rng.shuffle(out)
+        return out
+
+
 def token_budget_batches(items: Iterable[T], length: Callable[[T], int], max_tokens: int, *,
                          pool_batches: int = 16, max_batch_size: int | None = None,
                          rng: random.Random | None = None,
@@ -55,33 +91,12 @@ def token_budget_batches(items: Iterable[T], length: Callable[[T], int], max_tok
     Yields:
         Lists of items; every batch satisfies len(batch) · max(length) ≤ max_tokens.
     """
-    if max_tokens <= 0:
-        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
-    pool: list[tuple[int, T]] = []
-    pool_tokens = 0
-
-    def cut(flush: bool) -> Iterator[list[T]]:
-        nonlocal pool, pool_tokens
-        pool.sort(key=lambda p: p[0])
-        groups = cut_sorted(pool, [p[0] for p in pool], max_tokens, max_batch_size)
-        keep: list[tuple[int, T]] = []
-        if not flush and groups:
-            keep = [pool[i] for i in groups.pop()]
-        out = [[pool[i][1] for i in g] for g in groups]
-        pool, pool_tokens = keep, sum(p[0] for p in keep)
-        if rng is not None:
-            rng.shuffle(out)
-        yield from out
-
+    batcher = TokenBudgetBatcher(max_tokens, pool_batches=pool_batches, max_batch_size=max_batch_size, rng=rng)
     for item in items:
         n = int(length(item))
         if n > max_tokens:
             if on_oversize is not None:
                 on_oversize(item)
             continue
-        pool.append((n, item))
-        pool_tokens += n
-        if pool_tokens >= pool_batches * max_tokens:
-            yield from cut(flush=False)
-    if pool:
-        yield from cut(flush=True)
+        yield from batcher.push(item, n)
+    yield from batcher.flush()

@@ -11,6 +11,8 @@ Batch (b samples; t frames at 50 Hz; n audio samples):
     n_frames     int, real frames (the batching length summed over the batch)
     padding_ratio float, 1 - n_frames / (b · max_len)
     skipped      dict[str, int], samples dropped by this worker since its previous batch
+    stream_batch int (train streams only), the stream's batch count after this batch: the
+                 LightningDataModule takes it off to know where the trainer is (metis/data/resume.py)
 Only the fields that were requested are present.
 """
 
@@ -36,6 +38,7 @@ class Item:
     ac: np.ndarray | None = None  # (t, 12)
     vis: np.ndarray | None = None  # (t, d)
     wavs: dict[str, torch.Tensor] = field(default_factory=dict)  # "wav16"/"wav24" -> (n,)
+    offset: int = -1  # byte offset of its first tar member in `url`: its reference for an exact resume
 
 
 def pad_stack(seqs: list[torch.Tensor], value: float = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,9 +7,11 @@ Pipeline inside each DataLoader worker:
     -> [batch_stage: e.g. the fine-tuning condition simulation]
 
 Modes:
-    train  endless: every (rank, worker) walks its own seeded random permutation of *all* shards,
-           reshuffled on each pass, so no rank ever runs dry and DDP never waits on a short rank.
-           `batches_per_epoch` (per rank) cuts the stream into epochs when the trainer wants them.
+    train  endless: every (rank, worker) slot walks its own seeded random permutation of *all*
+           shards, a new one on each pass, so no rank ever runs dry and DDP never waits on a short
+           rank. Every batch carries its slot's exact position, so a checkpoint can resume the stream
+           where the trainer was (metis/data/resume.py). `batches_per_epoch` (per rank) cuts the
+           stream into epochs when the trainer wants them; a new epoch continues the stream.
     val    finite and deterministic: each sample is read exactly once over all ranks and workers
            (whole shards per (rank, worker) when there are enough shards, otherwise every slot
            reads all shards and keeps every k-th sample), in the same order every time.
@@ -21,6 +23,8 @@ import json
 import math
 import os
 import random
+import tarfile
+from collections import deque
 from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
@@ -29,13 +33,17 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from metis.data import audio as A
 from metis.data import skips as S
-from metis.data.batching import token_budget_batches
+from metis.data.batching import TokenBudgetBatcher, token_budget_batches
 from metis.data.collate import Item, collate
-from metis.data.shards import REQUIRED_JSON, TOKENIZER_MEMBER, audio_ext, expand_shards, load_npy
+from metis.data.resume import POSITION_VERSION, PositionRecorder, SlotPosition, shard_order, shards_digest
+from metis.data.shards import (REQUIRED_JSON, TOKENIZER_MEMBER, audio_ext, expand_shards, load_npy, read_sample_at,
+                               read_samples)
 
 FIELDS = ("sem", "ac", "vis", "wav16", "wav24")
 WAV_RATES = {"wav16": 16000, "wav24": 24000}
 SKIPS_ONLY = "__skips_only__"  # a record carrying only skip counts; MetisLoader absorbs it
+POSITION = "__position__"      # a train batch's slot position (metis/data/resume.py); MetisLoader takes it
+SHARD_READ_ERRORS = (tarfile.TarError, OSError, EOFError)
 #: a last pipeline stage run in the workers: (batches of one pass, mode, pass key) -> batches
 #: (e.g. `metis.conditions.builders.ConditionStage`); the pass key identifies the pass reproducibly
 BatchStage = Callable[[Iterator[dict], str, str], Iterator[dict]]
@@ -69,8 +77,9 @@ class ShardStream(IterableDataset):
         self.batch_stage = batch_stage
         self._rank_arg, self._world_arg = rank, world_size
         self.rank, self.world_size = dist_info(rank, world_size)
-        self.epoch = 0  # bumped by MetisLoader in the main process before workers start
-        self._local_iters = 0  # bumped inside a (persistent) worker on each new pass
+        self.start: dict[int, dict] = {}  # slot -> SlotPosition dict to continue from (set by MetisLoader)
+        self.worker_shift = 0  # DataLoader worker w plays slot (w + shift) mod num_workers (resume.py)
+        self._identities: dict[str, dict] = {}  # shard url -> its __tokenizer__.json (per worker)
 
     def resolve_dist(self) -> None:
         self.rank, self.world_size = dist_info(self._rank_arg, self._world_arg)
@@ -79,24 +88,82 @@ class ShardStream(IterableDataset):
     def _slot(self) -> tuple[int, int]:
         wi = get_worker_info()
         wid, nw = (wi.id, wi.num_workers) if wi is not None else (0, 1)
-        return self.rank * nw + wid, self.world_size * nw
-
-    def _train_urls(self, rng: random.Random) -> Iterator[str]:
-        while True:
-            order = list(self.urls)
-            rng.shuffle(order)
-            yield from order
+        return self.rank * nw + (wid + self.worker_shift) % nw, self.world_size * nw
 
     def _samples(self, urls, counter: S.SkipCounter) -> Iterator[dict]:
-        import webdataset as wds
+        """The samples of `urls` in order; a shard that cannot be read is counted and left."""
+        for url in urls:
+            try:
+                for _, _, sample in read_samples(url):
+                    yield sample
+            except SHARD_READ_ERRORS as exn:
+                counter.skip(S.SHARD_ERROR, url, f"{type(exn).__name__}: {exn}")
 
-        def handler(exn: Exception) -> bool:
-            counter.skip(S.SHARD_ERROR, "", f"{type(exn).__name__}: {exn}")
-            return True  # go on with the next shard
+    def _walk(self, pos: SlotPosition, counter: S.SkipCounter) -> Iterator[dict]:
+        """Train: the samples of this slot's shard passes from `pos` on, keeping `pos` up to date
+        (it always names the next sample to read). Raises when a whole pass yields nothing."""
+        n = len(self.urls)
+        while True:
+            order = shard_order(self.seed, pos.slot, pos.n_pass, n)
+            whole_pass, seen = pos.shard == 0 and pos.offset == 0, False
+            while pos.shard < n:
+                current, url = pos.shard, self.urls[order[pos.shard]]
+                try:
+                    for offset, after, sample in read_samples(url, pos.offset):
+                        if after is None:
+                            pos.shard, pos.offset = current + 1, 0
+                        else:
+                            pos.offset = after
+                        sample["__offset__"] = offset
+                        seen = True
+                        yield sample
+                except SHARD_READ_ERRORS as exn:
+                    counter.skip(S.SHARD_ERROR, url, f"{type(exn).__name__}: {exn}")
+                if pos.shard == current:  # an unreadable or empty shard: go on with the next
+                    pos.shard, pos.offset = current + 1, 0
+            if whole_pass and not seen:
+                raise RuntimeError(f"no readable sample in a whole pass over the {n} train shards "
+                                   f"({self.urls[0]}, ...): see the shard_error warnings")
+            pos.n_pass, pos.shard, pos.offset = pos.n_pass + 1, 0, 0
 
-        streams = wds.tariterators.url_opener(({"url": u} for u in urls), handler=handler)
-        files = wds.tariterators.tar_file_expander(streams, handler=handler)
-        yield from wds.tariterators.group_by_keys(files, handler=handler)
+    def _identity(self, url: str, counter: S.SkipCounter) -> dict:
+        """The tokenizer identities of shard `url` (its first member), read once per worker."""
+        if url not in self._identities:
+            ids: dict = {}
+            try:
+                for _, _, first in read_samples(url):
+                    if first["__key__"] == TOKENIZER_MEMBER:
+                        ids = json.loads(first["json"])
+                    break
+            except (KeyError, ValueError) as exn:
+                counter.skip(S.BAD_JSON, f"{url}:{TOKENIZER_MEMBER}", str(exn))
+            except SHARD_READ_ERRORS:
+                pass  # the read of the sample itself reports it
+            self._identities[url] = ids
+        return self._identities[url]
+
+    def _train_item(self, s: dict, counter: S.SkipCounter) -> Item | None:
+        url, key = s["__url__"], s["__key__"]
+        if key == TOKENIZER_MEMBER:
+            return None
+        try:
+            item = self._item(s, url, key, self._identity(url, counter), counter)
+        except _Skip as sk:
+            counter.skip(sk.reason, f"{url}:{key}", sk.detail)
+            return None
+        item.offset = s["__offset__"]
+        return item
+
+    def _reread(self, ref: list, counter: S.SkipCounter) -> Item | None:
+        """The sample a saved position refers to, read again from its shard."""
+        url, offset = ref
+        try:
+            s = read_sample_at(url, int(offset))
+        except (*SHARD_READ_ERRORS, ValueError) as exn:
+            counter.skip(S.SHARD_ERROR, f"{url}@{offset}", f"cannot re-read a resumed sample ({type(exn).__name__}: {exn})")
+            return None
+        s["__offset__"] = int(offset)
+        return self._train_item(s, counter)
 
     def _parse(self, samples: Iterator[dict], counter: S.SkipCounter,
                keep: tuple[int, int] | None) -> Iterator[Item]:
@@ -215,8 +282,52 @@ class ShardStream(IterableDataset):
         return out
 
     # ------------------------------------------------------------------ the stream
+    def _train_stream(self, slot: int, counter: S.SkipCounter) -> Iterator[tuple[list[Item], dict]]:
+        """Train: (decoded batch items, this slot's position after them), endlessly.
+
+        Stages: shard passes (`_walk`) -> checked Items -> shuffle buffer (reservoir of
+        `shuffle_buffer`) -> token-budget pool (`TokenBudgetBatcher`) -> batches, every piece of
+        state held here in the open so that the position after each batch can be saved.
+        """
+        saved = self.start.get(slot)
+        pos = SlotPosition.from_dict(saved) if saved else SlotPosition(slot=slot)
+        rng = pos.random(f"{self.seed}/{slot}")
+        batcher = TokenBudgetBatcher(self.max_tokens, pool_batches=self.pool_batches,
+                                     max_batch_size=self.max_batch_size, rng=rng)
+
+        def reread(refs):
+            return [it for it in (self._reread(r, counter) for r in refs) if it is not None]
+
+        buffer = reread(pos.buffer)
+        batcher.pool = [(it.length, it) for it in reread(pos.pool)]
+        pending = deque(g for g in (reread(refs) for refs in pos.pending) if g)
+        items = (it for it in (self._train_item(s, counter) for s in self._walk(pos, counter)) if it is not None)
+
+        def refs(group):
+            return [[it.url, it.offset] for it in group]
+
+        while True:
+            if pending:
+                group = self._decode(pending.popleft(), counter)
+                if group:
+                    pos.batches += 1
+                    pos.rng, pos.buffer = rng.getstate(), refs(buffer)
+                    pos.pool, pos.pending = refs(it for _, it in batcher.pool), [refs(g) for g in pending]
+                    yield group, pos.to_dict()
+                continue
+            item = next(items)
+            if self.shuffle_buffer > 1:
+                if len(buffer) < self.shuffle_buffer:
+                    buffer.append(item)
+                    continue
+                j = rng.randrange(self.shuffle_buffer)
+                item, buffer[j] = buffer[j], item
+            if item.length > self.max_tokens:
+                counter.skip(S.TOO_LONG, f"{item.url}:{item.key}", f"{item.length} frames > max_tokens {self.max_tokens}")
+                continue
+            pending.extend(batcher.push(item, item.length))
+
     def __iter__(self) -> Iterator[dict]:
-        self._local_iters += 1
         slot, n_slots = self._slot()
         stream = self._stream(slot, n_slots)
         if self.batch_stage is None:
@@ -232,37 +343,39 @@ class ShardStream(IterableDataset):
                 else:
                     yield b
 
-        key = f"{self.seed}/{self.epoch}/{self._local_iters}/{slot}" if self.mode == "train" else f"{self.seed}/{slot}"
+        key = f"{self.seed}/{slot}"
+        if self.mode == "train":  # batch i of a slot draws its conditions from (key, i): exact after a resume too
+            self.batch_stage.start = int((self.start.get(slot) or {}).get("batches", 0))
         yield from self.batch_stage(real(), self.mode, key)
         yield from tail
 
     def _stream(self, slot: int, n_slots: int) -> Iterator[dict]:
         counter = S.SkipCounter()
         if self.mode == "train":
-            rng = random.Random(f"{self.seed}/{self.epoch}/{self._local_iters}/{slot}")
-            samples = self._samples(self._train_urls(rng), counter)
-            items = _shuffle(self._parse(samples, counter, None), self.shuffle_buffer, rng)
             limit = None
             if self.batches_per_epoch is not None:
                 wi = get_worker_info()
-                nw = wi.num_workers if wi is not None else 1
-                limit = math.ceil(self.batches_per_epoch / nw)
+                limit = math.ceil(self.batches_per_epoch / (wi.num_workers if wi is not None else 1))
+            for emitted, (group, position) in enumerate(self._train_stream(slot, counter), start=1):
+                batch = collate(group, self.fields)
+                batch["skipped"] = counter.delta()
+                batch[POSITION] = position
+                yield batch
+                if limit is not None and emitted >= limit:
+                    return
+            return
+        if len(self.urls) >= n_slots:
+            samples, keep = self._samples(self.urls[slot::n_slots], counter), None
         else:
-            rng = None
-            if len(self.urls) >= n_slots:
-                samples, keep = self._samples(self.urls[slot::n_slots], counter), None
-            else:
-                samples, keep = self._samples(self.urls, counter), (slot, n_slots)
-            items = self._parse(samples, counter, keep)
-            limit = None
+            samples, keep = self._samples(self.urls, counter), (slot, n_slots)
+        items = self._parse(samples, counter, keep)
 
         def oversize(it: Item) -> None:
             counter.skip(S.TOO_LONG, f"{it.url}:{it.key}", f"{it.length} frames > max_tokens {self.max_tokens}")
 
         batches = token_budget_batches(items, lambda it: it.length, self.max_tokens,
                                        pool_batches=self.pool_batches, max_batch_size=self.max_batch_size,
-                                       rng=rng, on_oversize=oversize)
-        emitted = 0
+                                       rng=None, on_oversize=oversize)
         for group in batches:
             group = self._decode(group, counter)
             if not group:
@@ -270,9 +383,6 @@ class ShardStream(IterableDataset):
             batch = collate(group, self.fields)
             batch["skipped"] = counter.delta()
             yield batch
-            emitted += 1
-            if limit is not None and emitted >= limit:
-                return
         tail = counter.delta()
         if tail:  # skips after the last batch (or a worker whose samples were all bad): ship them too
             yield {SKIPS_ONLY: True, "skipped": tail}
@@ -291,40 +401,63 @@ def _float(v) -> float | None:
         return None
 
 
-def _shuffle(items: Iterator[Item], size: int, rng: random.Random) -> Iterator[Item]:
-    """Reservoir-style shuffle buffer of `size` items."""
-    if size <= 1:
-        yield from items
-        return
-    buf: list[Item] = []
-    for it in items:
-        if len(buf) < size:
-            buf.append(it)
-            continue
-        j = rng.randrange(size)
-        yield buf[j]
-        buf[j] = it
-    rng.shuffle(buf)
-    yield from buf
-
-
 class MetisLoader(DataLoader):
     """A DataLoader over a `ShardStream` that adds up the workers' skip counts in `self.skips`
-    (a `SkipCounter`; log `loader.skips.as_dict()`), and resolves rank/world and the epoch seed
-    in the main process before the workers start."""
+    (a `SkipCounter`; log `loader.skips.as_dict()`), resolves rank/world in the main process
+    before the workers start, and, for a train stream, keeps its exact position: `position(n)`
+    after the n-th batch consumed, `resume_from(state)` to continue there (metis/data/resume.py)."""
+
+    def _recorder(self) -> PositionRecorder:
+        if getattr(self, "_positions", None) is None:
+            keep = max(64, 4 * max(1, self.num_workers) * ((self.prefetch_factor or 2) + 1))
+            self._positions = PositionRecorder(keep=keep)
+        return self._positions
+
+    def position(self, consumed: int | None = None) -> dict:
+        """The train stream's state after `consumed` batches of this rank (None: all handed out)."""
+        ds = self.dataset
+        ds.resolve_dist()
+        slots, done = self._recorder().at(consumed)
+        return {"version": POSITION_VERSION, "seed": int(ds.seed), "world_size": ds.world_size,
+                "num_workers": int(self.num_workers), "shards": shards_digest(ds.urls), "n_shards": len(ds.urls),
+                "batches": done, "slots": slots}
+
+    def position_mismatch(self, state: dict) -> str | None:
+        """Why `state` cannot be continued exactly by this loader (None: it can)."""
+        ds = self.dataset
+        ds.resolve_dist()
+        here = {"version": POSITION_VERSION, "world_size": ds.world_size, "num_workers": int(self.num_workers),
+                "shards": shards_digest(ds.urls)}
+        diff = [f"{k} {state.get(k)!r} -> {v!r}" for k, v in here.items() if state.get(k) != v]
+        return ", ".join(diff) or None
+
+    def resume_from(self, state: dict) -> None:
+        """Continue the train stream exactly at `state` (from `position`; check `position_mismatch`)."""
+        why = self.position_mismatch(state)
+        if why:
+            raise ValueError(f"the saved stream position does not fit this loader: {why}")
+        self.dataset.seed = int(state["seed"])
+        self._positions = PositionRecorder({int(k): v for k, v in state["slots"].items()}, int(state["batches"]),
+                                           keep=self._recorder().keep)
 
     def __iter__(self):
         ds = self.dataset
+        train = isinstance(ds, ShardStream) and ds.mode == "train"
         if isinstance(ds, ShardStream):
             ds.resolve_dist()
-            ds.epoch = getattr(self, "_metis_epoch", 0)
-            self._metis_epoch = ds.epoch + 1
+        if train:  # continue where the batches handed out so far end (a new epoch goes on with the stream)
+            ds.start, done = self._recorder().at()
+            ds.worker_shift = done % max(1, self.num_workers)
         if not hasattr(self, "skips"):
             self.skips = S.SkipCounter()
         for batch in super().__iter__():
             self.skips.add(batch.get("skipped", {}))
-            if not batch.get(SKIPS_ONLY):
-                yield batch
+            if batch.get(SKIPS_ONLY):
+                continue
+            if train:
+                position = batch.pop(POSITION)
+                batch["stream_batch"] = self._recorder().record(position["slot"], position)
+            yield batch
 
 
 def build_loader(shards: str | Sequence[str], *, mode: Literal["train", "val"] = "train",
@@ -382,6 +515,9 @@ def build_loader(shards: str | Sequence[str], *, mode: Literal["train", "val"] =
                      max_batch_size=max_batch_size, batches_per_epoch=batches_per_epoch if mode == "train" else None,
                      tokenizer_identity=tokenizer_identity, acoustic_identity=acoustic_identity,
                      required_json=tuple(required_json), rank=rank, world_size=world_size, batch_stage=batch_stage)
+    # Its own generator: starting an iterator (here: every validation pass) must not draw from the
+    # global torch RNG, which the trainer restores on resume (masking draws from it).
     return MetisLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                       generator=torch.Generator().manual_seed(seed),
                        prefetch_factor=prefetch_factor if num_workers > 0 else None,
                        persistent_workers=persistent_workers and num_workers > 0)

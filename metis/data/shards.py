@@ -16,6 +16,7 @@ import glob
 import io
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -169,19 +170,65 @@ class ShardSink:
             self._w = None
 
 
-def iter_tar(path: str, handler=None) -> Iterator[dict]:
-    """Samples of one shard in order: dicts ext -> bytes plus `__key__`, `__url__`. The tokenizer
-    member comes back as a sample with key `__tokenizer__`. Read errors go to `handler(exn)` (which
-    returns True to stop quietly) or are raised."""
+_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # "dir/key.sem.npy" -> ("dir/key", "sem.npy")
+
+
+def read_samples(url: str, start: int = 0) -> Iterator[tuple[int, int | None, dict]]:
+    """The samples of one shard from byte `start` on (the offset of a sample's first member).
+
+    Yields (offset, next_offset, sample): `sample` maps extension -> bytes plus `__key__` and
+    `__url__`; `next_offset` is where the following sample starts (None after the last one), so
+    `read_samples(url, next_offset)` continues exactly there. Local shards are seeked to `start`
+    (the members before it are not read); remote ones (`pipe:`, URLs) are streamed from the
+    beginning and the members before `start` skipped. tarfile errors (truncated, corrupt) propagate.
+    """
     import webdataset as wds
 
-    def reraise(exn):
-        raise exn
+    stream = wds.gopen(url, "rb") if is_remote(url) else open(url, "rb")
+    try:
+        if not is_remote(url) and start:
+            stream.seek(start)
+        tar = tarfile.open(fileobj=stream, mode="r|" if is_remote(url) else "r:")
+        sample: dict | None = None
+        first = 0
+        for info in tar:
+            if info.offset < start or not info.isreg():
+                continue
+            m = _KEY_EXT.match(info.name)
+            if m is None:
+                continue
+            key, ext = m.groups()
+            if sample is not None and key != sample["__key__"]:
+                yield first, info.offset, sample
+                sample = None
+            if sample is None:
+                sample, first = {"__key__": key, "__url__": url}, info.offset
+            sample[ext] = tar.extractfile(info).read()
+            tar.members = []  # do not keep every header of a large shard
+        if sample is not None:
+            yield first, None, sample
+    finally:
+        stream.close()
 
-    h = handler or reraise
-    streams = wds.tariterators.url_opener([{"url": path}], handler=h)
-    files = wds.tariterators.tar_file_expander(streams, handler=h)
-    yield from wds.tariterators.group_by_keys(files, handler=h)
+
+def read_sample_at(url: str, offset: int) -> dict:
+    """The one sample whose first member starts at byte `offset` of shard `url`."""
+    for _, _, sample in read_samples(url, offset):
+        return sample
+    raise ValueError(f"{url}: no sample at byte offset {offset} (the shard changed since the position was saved?)")
+
+
+def iter_tar(path: str, handler=None) -> Iterator[dict]:
+    """Samples of one shard in order: dicts ext -> bytes plus `__key__`, `__url__`. The tokenizer
+    member comes back as a sample with key `__tokenizer__`. A read error goes to `handler(exn)`
+    (the samples before it have been yielded; the rest of the shard is skipped) or is raised."""
+    try:
+        for _, _, sample in read_samples(path):
+            yield sample
+    except (tarfile.TarError, OSError, EOFError) as exn:
+        if handler is None:
+            raise
+        handler(exn)
 
 
 def read_tokenizers(path: str) -> dict[str, dict] | None:

@@ -3,8 +3,11 @@ corpus built on demand.
 
 Training streams are endless and resampled (no rank runs dry); validation is finite and deterministic.
 Batches are token-budgeted (`max_tokens` frames per device, padding included) inside the pipeline.
-Validation batches are equalised across ranks (`EqualBatches`); a resumed run re-seeds the train
-stream (`stream_seed`) so it never replays the order it started with (docs/distributed.md).
+Validation batches are equalised across ranks (`EqualBatches`). A checkpoint holds the train
+stream's exact position on every rank and worker (metis/data/resume.py), so a resumed run sees the
+batches the uninterrupted run would have seen; a resume with another world size, worker count or
+shard list cannot continue the saved positions and re-seeds the stream instead (`stream_seed`),
+saying so in the log (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any, Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from metis.conditions.builders import ConditionStage
 from metis.data.loader import build_loader
@@ -69,37 +73,62 @@ class ShardDataModule(L.LightningDataModule):
         if not self.train_shards:
             raise ValueError("data.train_shards is empty: point it at your shards, e.g. data.train_shards='/data/emilia/{000000..000999}.tar'")
 
-    def _loader(self, shards, mode: str):
+    def _loader(self, shards, mode: str, seed: int):
         h = self.hparams
         trainer = self.trainer
         return build_loader(
             shards, mode=mode, max_tokens=h.max_tokens if mode == "train" else (h.val_max_tokens or h.max_tokens),
             fields=tuple(h.fields), num_workers=h.num_workers if mode == "train" else h.val_num_workers,
-            seed=self.stream_seed() if mode == "train" else h.seed,
-            tokenizer_identity=self.tokenizer_identity, min_dur=h.min_dur, max_dur=h.max_dur,
+            seed=seed, tokenizer_identity=self.tokenizer_identity, min_dur=h.min_dur, max_dur=h.max_dur,
             shuffle_buffer=h.shuffle_buffer, max_batch_size=h.max_batch_size, batch_stage=self.condition_stage,
             rank=trainer.global_rank if trainer else None, world_size=trainer.world_size if trainer else None)
 
     def train_dataloader(self):
-        if self.condition_stage is not None:
-            self.condition_stage.start = self.batches_consumed()
-        return self._loader(self.train_shards, "train")
+        loader = self._loader(self.train_shards, "train", int(self.hparams.seed))
+        saved = self._saved_stream
+        if saved:
+            rank = self.trainer.global_rank if self.trainer else 0
+            ranks = saved["ranks"]
+            why = (f"world_size {len(ranks)} -> {self.trainer.world_size if self.trainer else 1}"
+                   if len(ranks) != (self.trainer.world_size if self.trainer else 1) else loader.position_mismatch(ranks[rank]))
+            if why is None:
+                loader.resume_from(ranks[rank])
+                rank_zero_info(f"data: the train stream continues exactly after batch {ranks[rank]['batches']} of each rank")
+            else:
+                loader = self._loader(self.train_shards, "train", self.stream_seed())
+                rank_zero_warn(f"data: the saved train-stream position does not fit this run ({why}): the stream restarts "
+                               f"re-seeded (seed {self.stream_seed()}), so from here the batches differ from an "
+                               f"uninterrupted run's: the samples buffered at the checkpoint are not seen and samples of "
+                               f"the current pass may come again (docs/distributed.md)")
+        self._train_loader = loader
+        return loader
 
     def val_dataloader(self):
         if not self.val_shards:
             return []
         # Finite per-rank streams differ in length: stop every rank when one runs dry (no hang).
-        return EqualBatches(self._loader(self.val_shards, "val"))
+        return EqualBatches(self._loader(self.val_shards, "val", int(self.hparams.seed)))
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Note how far the trainer is in the train stream (the batch's `stream_batch`, taken off)."""
+        if isinstance(batch, dict) and "stream_batch" in batch:
+            done = batch.pop("stream_batch")
+            if self.trainer is None or self.trainer.training:
+                self._consumed = int(done)
+        return batch
 
     # ---- data position across resumes ------------------------------------------------------------
-    # The train stream is endless and resampled; replaying it exactly after a resume would mean
-    # re-reading every consumed sample. Instead each resume re-seeds it from (seed, resume count):
-    # a resumed run draws a fresh shard order and shuffle and never repeats the run's first batches.
-    # The checkpoint records the seed, the resume count and the batches each rank had consumed.
+    # The checkpoint holds every rank's train-stream position after the last batch the trainer
+    # consumed (`_consumed`), gathered from all ranks (every rank builds the checkpoint dict). When
+    # that cannot be continued (another layout), each resume re-seeds the stream from (seed, resume
+    # count) so it never replays the run's first batches.
     _resumes: int = 0
+    _consumed: int = 0
+    _train_loader = None
+    _saved_stream: dict | None = None
 
     def stream_seed(self) -> int:
-        """The train stream's seed: `seed` on a fresh run, a derived one after the n-th resume."""
+        """The re-seeded train stream's seed after the n-th resume that could not continue exactly."""
         if self._resumes == 0:
             return int(self.hparams.seed)
         return random.Random(f"{self.hparams.seed}/resume/{self._resumes}").getrandbits(31)
@@ -110,13 +139,24 @@ class ShardDataModule(L.LightningDataModule):
         return int(trainer.fit_loop.epoch_loop.batch_progress.total.processed) if trainer is not None else 0
 
     def state_dict(self) -> dict:
-        return {"seed": int(self.hparams.seed), "resumes": self._resumes,
-                "batches_consumed_per_rank": self.batches_consumed()}
+        state = {"seed": int(self.hparams.seed), "resumes": self._resumes,
+                 "batches_consumed_per_rank": self.batches_consumed()}
+        local = self._train_loader.position(self._consumed) if self._train_loader is not None else None
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            ranks = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, local)  # a collective: every rank saves the checkpoint dict
+        else:
+            ranks = [local]
+        if all(r is not None for r in ranks):
+            state["stream"] = {"ranks": ranks}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
             return
         self._resumes = int(state["resumes"]) + 1
+        self._saved_stream = state.get("stream")
 
 
 class AudioCropDataModule(ShardDataModule):
@@ -148,7 +188,6 @@ class AudioCropDataModule(ShardDataModule):
         rate = WAV_RATES[audio_field]
         self.crop = {"train": self._samples(segment_seconds * rate, multiple_of),
                      "val": self._samples(val_seconds * rate, multiple_of)}
-        self._generator: torch.Generator | None = None
 
     @staticmethod
     def _samples(n: float, multiple_of: int) -> int:
@@ -168,12 +207,16 @@ class AudioCropDataModule(ShardDataModule):
         return out
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        batch = super().on_before_batch_transfer(batch, dataloader_idx)
         field = self.audio_field
         if field not in batch:
             return batch
         training = self.trainer is not None and self.trainer.training
-        if training and self._generator is None:  # seeded like the stream: a resumed run draws fresh crops
-            self._generator = torch.Generator().manual_seed(self.stream_seed())
+        generator = None
+        if training:  # seeded by (seed, rank, batch count): a resumed run draws the uninterrupted run's crops
+            rank = self.trainer.global_rank
+            generator = torch.Generator().manual_seed(
+                random.Random(f"{self.hparams.seed}/crop/{rank}/{self._consumed}").getrandbits(63))
         n = self.crop["train" if training else "val"]
-        batch["wav"] = self.crops(batch[field], batch[f"{field}_lens"], n, self._generator if training else None)
+        batch["wav"] = self.crops(batch[field], batch[f"{field}_lens"], n, generator)
         return batch

@@ -40,9 +40,15 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def tiny_with(overrides) -> list[str]:
+    """The TINY overrides minus those that `overrides` set again (a group such as data= may be given once)."""
+    given = {o.split("=")[0] for o in overrides}
+    return [o for o in TINY if o.split("=")[0] not in given] + list(overrides)
+
+
 def train_cmd(root: Path, run_name: str, *overrides: str) -> list[str]:
     """`python train.py` with the tiny model on synthetic tokens (the TINY overrides) under `root`."""
-    tiny = [o for o in TINY if not o.startswith("logger=")]
+    tiny = [o for o in tiny_with(overrides) if not o.startswith("logger=") and o not in overrides]
     return [sys.executable, str(REPO / "train.py"), *tiny, "logger=none", f"paths.root_dir={root}",
             f"run_name={run_name}", *overrides]
 
@@ -68,4 +74,4 @@ def deepspeed_overrides(stage: int, devices: int, offload: bool = False) -> list
 
 @pytest.fixture
 def tiny_cfg(tmp_path):
-    return lambda *extra: compose_train(TINY + list(extra), root=tmp_path)
+    return lambda *extra: compose_train(tiny_with(extra), root=tmp_path)

@@ -126,3 +126,29 @@ class SlowSteps(L.Callback):
         self.dirpath.mkdir(parents=True, exist_ok=True)
         (self.dirpath / f"step_rank{trainer.global_rank}").write_text(str(trainer.global_step))
         time.sleep(self.seconds)
+
+
+def write_token_shards(folder: str | Path, n_shards: int = 4, per_shard: int = 24, codebook_size: int = 32,
+                       seed: int = 0) -> str:
+    """Token shards for shard-fed runs: random SSL tokens (0.4-1.6 s at 50 Hz) with Emilia-style json.
+    Returns the brace pattern of the shards."""
+    import numpy as np
+
+    from metis.data.shards import ShardWriter, npy_bytes
+
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    for s in range(n_shards):
+        with ShardWriter(folder / f"train-{s:04d}.tar") as w:
+            for i in range(per_shard):
+                dur = round(float(rng.uniform(0.4, 1.6)), 2)
+                tokens = rng.integers(0, codebook_size, int(round(dur * 50))).astype(np.int16)
+                meta = {"id": f"s{s}_{i}", "text": "", "duration": dur, "speaker": f"spk{i % 3}", "language": "en"}
+                w.write(f"s{s}_{i}", {"json": json.dumps(meta).encode(), "sem.npy": npy_bytes(tokens)})
+    return str(folder / f"train-{{0000..{n_shards - 1:04d}}}.tar")
+
+
+def shard_overrides(pattern: str, num_workers: int) -> list[str]:
+    """Hydra overrides feeding the tiny model from `write_token_shards` shards."""
+    return ["data=shards", f"data.train_shards='{pattern}'", "data.codebook_size=32", "data.max_tokens=400",
+            "data.min_dur=0.2", "data.max_dur=4", f"data.num_workers={num_workers}", "data.shuffle_buffer=10"]

@@ -107,3 +107,40 @@ def test_sigterm_from_outside_saves_a_checkpoint_and_exits_zero(tmp_path):
     last = tmp_path / "outputs" / "term" / "checkpoints" / "last.ckpt"
     step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
     assert step >= 5 and f"SIGTERM: saved checkpoint at global step {step}" in out
+
+
+@pytest.mark.parametrize("ddp", [False, True], ids=["2-workers", "2-ranks-2-workers"])
+def test_sigkill_shard_fed_run_resumes_bit_identical(tmp_path, ddp):
+    """A shard-fed run (2 DataLoader workers; then also 2 DDP ranks) SIGKILLed after step 6 resumes from
+    its step-4 checkpoint to exactly the uninterrupted run: same batches, same losses, same exported weights."""
+    from safetensors.torch import load_file
+
+    from tests.distributed.helpers import shard_overrides, write_token_shards
+
+    pattern = write_token_shards(tmp_path / "shards", n_shards=3, per_shard=12)
+    common = [*shard_overrides(pattern, 2), "trainer.max_steps=9", "callbacks.model_checkpoint.every_n_train_steps=4"]
+    if ddp:
+        common += ["+trainer.strategy=ddp", "trainer.devices=2"]
+
+    def probe(name):
+        return ["+callbacks.probe._target_=tests.distributed.helpers.Probe", f"+callbacks.probe.dirpath={tmp_path / name}",
+                "+callbacks.probe.digest=false"]
+
+    run_train(tmp_path, "straight", *common, *probe("straight"), timeout=900)
+    killed = run_train(tmp_path, "killed", *common, "+callbacks.kill._target_=tests.distributed.helpers.KillAtStep",
+                       "+callbacks.kill.step=6", check=False, timeout=900)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    ckpts = tmp_path / "outputs" / "killed" / "checkpoints"
+    assert torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 4
+    resumed = run_train(tmp_path, "killed", *common, "ckpt_path=last", *probe("resumed"), timeout=900)
+    assert "the train stream continues exactly after batch 4" in resumed.stdout + resumed.stderr
+    for rank in range(2 if ddp else 1):
+        want = {r["step"]: r for r in read_jsonl(tmp_path / "straight" / f"probe_rank{rank}.jsonl")}
+        got = read_jsonl(tmp_path / "resumed" / f"probe_rank{rank}.jsonl")
+        assert [r["step"] for r in got] == list(range(5, 10))
+        for r in got:
+            assert r["ids"] == want[r["step"]]["ids"], f"rank {rank}: different batch at step {r['step']}"
+            assert r["loss"] == want[r["step"]]["loss"], f"rank {rank}: loss differs at step {r['step']}"
+    a = load_file(tmp_path / "outputs" / "straight" / "export" / "model.safetensors")
+    b = load_file(tmp_path / "outputs" / "killed" / "export" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
