@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,6 +182,44 @@ def unknown_key_error(job: HydraJob, argv: list[str]) -> str | None:
     return f"metis {job.name}: there is no config key `{key}`; {hint}(to add a new key: +{key}={value})"
 
 
+# ------------------------------------------------------------------------------ errors
+
+
+def is_user_error(exn: BaseException) -> bool:
+    """Errors that say what is wrong with the user's input: the standard bad-input ones (a missing or
+    unreadable file, a bad value, a missing key) and every exception class metis defines (raised on
+    purpose, with a message naming the file / field)."""
+    return isinstance(exn, (OSError, ValueError, KeyError)) or type(exn).__module__.split(".")[0] == "metis"
+
+
+def one_line(exn: BaseException) -> str:
+    text = exn.args[0] if isinstance(exn, KeyError) and exn.args else str(exn)
+    return str(text) or type(exn).__name__
+
+
+@contextmanager
+def user_errors(prog: str, *, debug: bool, how: str = "--debug"):
+    """The one error style of every metis CLI: a user error is printed as `prog: error: <message>` and
+    exits with status 2; `debug` (the job's `--debug`, or HYDRA_FULL_ERROR=1 for the Hydra jobs) lets it
+    raise with its traceback. Anything else (a bug) keeps its traceback."""
+    try:
+        yield
+    except Exception as exn:  # noqa: BLE001 - sorted below
+        if debug or not is_user_error(exn):
+            raise
+        raise SystemExit(report_user_error(prog, exn, how)) from None
+
+
+def report_user_error(prog: str, exn: BaseException, how: str = "--debug") -> int:
+    """Print the one error line of `user_errors`; returns the exit status (2)."""
+    print(f"{prog}: error: {one_line(exn)}  [{how} for the traceback]", file=sys.stderr)
+    return 2
+
+
+def hydra_debug() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR", "").strip() not in ("", "0")
+
+
 # ------------------------------------------------------------------------------ running jobs
 
 
@@ -193,15 +233,24 @@ def run_hydra_job(job: HydraJob, argv: list[str]) -> int:
         print(error, file=sys.stderr)
         return 2
     def task(cfg):  # the job's module (torch, Lightning) loads after Hydra parsed the CLI: fast --cfg
-        return _call(job.task)(cfg)
+        with user_errors(f"metis {job.name}", debug=hydra_debug(), how="HYDRA_FULL_ERROR=1"):
+            return _call(job.task)(cfg)
 
     main = hydra.main(version_base="1.3", config_path=str(config_root() / job.config_dir), config_name=job.config_name)(task)
     saved = sys.argv
-    sys.argv = [f"metis {job.name}", *argv]
+    # argv[0] stays the script that started the process: Lightning's DDP launcher starts the other ranks
+    # with `python <argv[0]> <argv[1:]>`. For the `metis` script itself, METIS_JOB names the job to them.
+    saved_job = os.environ.get("METIS_JOB")
+    os.environ["METIS_JOB"] = job.name
+    sys.argv = [saved[0] if saved else f"metis {job.name}", *argv]
     try:
         main()
     finally:
         sys.argv = saved
+        if saved_job is None:
+            os.environ.pop("METIS_JOB", None)
+        else:
+            os.environ["METIS_JOB"] = saved_job
     return 0
 
 
@@ -212,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip())
         return 0 if argv else 2
     job, rest = argv[0], argv[1:]
+    if job not in HYDRA_JOBS and job not in ARGPARSE_JOBS and os.environ.get("METIS_JOB") in HYDRA_JOBS:
+        job, rest = os.environ["METIS_JOB"], argv  # a DDP rank started by Lightning from `metis <job> ...`
     if job in HYDRA_JOBS:
         return run_hydra_job(HYDRA_JOBS[job], rest)
     if job in ARGPARSE_JOBS:

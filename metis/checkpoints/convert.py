@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -103,15 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trust-pickle", action="store_true",
                     help="the file is a pickled torch checkpoint you trust (e.g. UniSpeech wavlm_large_finetune.pth): "
                          "unpickle it once and write its tensors to <out_dir>/<stem>.safetensors")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = ap.parse_args(argv)
+    from metis.cli import is_user_error, report_user_error
+
     try:
         if args.trust_pickle:
             path = convert_pickled(args.checkpoint, args.out_dir)
         else:
             path = convert(args.checkpoint, args.out_dir, args.kind, args.prefix, args.filename)
-    except (FileNotFoundError, ValueError, KeyError, CheckpointMismatchError) as exn:
-        print(f"error: {exn}", file=sys.stderr)
-        return 2
+    except Exception as exn:  # noqa: BLE001 - the one CLI error style (metis.cli.user_errors)
+        if args.debug or not is_user_error(exn):
+            raise
+        return report_user_error("metis convert", exn)
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:

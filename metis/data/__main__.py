@@ -19,8 +19,10 @@ def _summary(title: str, summary: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m metis.data", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
-    a = sub.add_parser("prepare", help="audio folder / manifest / LibriTTS / LibriSpeech -> shards")
+    a = sub.add_parser("prepare", parents=[common], help="audio folder / manifest / LibriTTS / LibriSpeech -> shards")
     a.add_argument("input", help="folder, or manifest .jsonl/.csv/.tsv")
     a.add_argument("out_dir")
     a.add_argument("--layout", default="auto", choices=["auto", "folder", "manifest", "libritts", "librispeech"])
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--overwrite", action="store_true")
 
-    t = sub.add_parser("tokenize", help="shards -> token shards (resumable)")
+    t = sub.add_parser("tokenize", parents=[common], help="shards -> token shards (resumable)")
     t.add_argument("shards", help="shard pattern, e.g. 'data/x/shard-{000000..000099}.tar' or a folder")
     t.add_argument("out_dir")
     t.add_argument("--tokenizer", required=True, help="spec: kmeans:DIR | semantic[:{json}] | module:Factory[:ARG]")
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--part", type=int, default=0, help="this job's index when several jobs share the shards")
     t.add_argument("--num-parts", type=int, default=1)
 
-    s = sub.add_parser("stats", help="mean/var of SSL features over shards -> safetensors")
+    s = sub.add_parser("stats", parents=[common], help="mean/var of SSL features over shards -> safetensors")
     s.add_argument("shards")
     s.add_argument("out", help="output .safetensors (keys mean, var, std)")
     s.add_argument("--features", required=True, help="spec of the feature extractor (as --tokenizer)")
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--max-hours", type=float, default=None)
     s.add_argument("--batch-seconds", type=float, default=200.0)
 
-    d = sub.add_parser("demo", help="build the offline demo corpus (asterisk prompts + espeak-ng)")
+    d = sub.add_parser("demo", parents=[common], help="build the offline demo corpus (asterisk prompts + espeak-ng)")
     d.add_argument("--out-dir", default="data/demo")
     d.add_argument("--n-prompts", type=int, default=None)
     d.add_argument("--n-synth", type=int, default=400)
@@ -64,7 +66,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from metis.cli import user_errors
 
+    with user_errors(f"metis data {args.cmd}", debug=args.debug):
+        return _run(args, p)
+
+
+def _run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     if args.cmd == "prepare":
         from metis.data.prepare import prepare
 

@@ -35,6 +35,7 @@ PROTOCOLS = ("manifest", "folder", "seedtts", "dns2020", "libri2mix")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m metis.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.add_argument("--task", required=True, choices=sorted(TASK_METRICS), help="sets the default metric set")
     p.add_argument("--protocol", choices=PROTOCOLS, help="test-set layout (default: manifest if --manifest "
                                                           "else folder)")
@@ -79,7 +80,7 @@ def load_items(a: argparse.Namespace):
 
     def need(flag: str, value):
         if not value:
-            raise SystemExit(f"--protocol {protocol} needs {flag}")
+            raise ValueError(f"--protocol {protocol} needs {flag}")
         return value
 
     if protocol == "manifest":
@@ -98,6 +99,14 @@ def load_items(a: argparse.Namespace):
 def main(argv: list[str] | None = None) -> dict:
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from metis.cli import user_errors
+
+    with user_errors("metis eval", debug=a.debug):
+        return run(a)
+
+
+def run(a: argparse.Namespace) -> dict:
+    """The evaluation `main` runs on parsed arguments."""
     items = load_items(a)
     if a.limit:
         items = items[: a.limit]
@@ -109,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     for n in notes:
         log.warning("note: %s", n)
     if not metrics:
-        raise SystemExit("no metric can run here: " + "; ".join(notes))
+        raise ValueError("no metric can run here: " + "; ".join(notes))
     log.info("task %s: %d items, metrics %s", a.task, len(items), ", ".join(m.name for m in metrics))
     t = time.perf_counter()
     score_input = a.task in TASKS_WITH_INPUT and not a.no_input

@@ -97,11 +97,15 @@ def test_cli_tts_wer_and_sim_on_real_speech(tmp_path):
     assert "WER (%)" in md and "WER_CORPUS (%)" in md
 
 
-def test_cli_reports_missing_generated_files(tmp_path):
+def test_cli_reports_missing_generated_files(tmp_path, capsys):
     (tmp_path / "m.jsonl").write_text(json.dumps({"wav": "nope.wav", "reference": "r.wav"}) + "\n")
-    with pytest.raises(FileNotFoundError, match="nope.wav"):
+    with pytest.raises(SystemExit) as exc:  # the one CLI error style: one line, status 2
         main(["--task", "se", "--manifest", str(tmp_path / "m.jsonl"), "--metrics", "sisdr",
               "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and "metis eval: error:" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="nope.wav"):
+        main(["--task", "se", "--manifest", str(tmp_path / "m.jsonl"), "--metrics", "sisdr",
+              "--out", str(tmp_path / "o"), "--debug"])
 
 
 def test_cli_dns2020_protocol_reports_per_condition(tmp_path):
