@@ -109,7 +109,9 @@ class _CodecModule(L.LightningModule):
             self.nonfinite_guard.load_state_dict(checkpoint["nonfinite_guard"])
         self.generator_steps = int(checkpoint.get("generator_steps", 0))
         if checkpoint.get("rng_state") is not None:
-            restore_rng_state(checkpoint["rng_state"], self.trainer.global_rank if self._trainer is not None else 0)
+            trainer = self._trainer
+            restore_rng_state(checkpoint["rng_state"], trainer.global_rank if trainer is not None else 0,
+                              trainer.world_size if trainer is not None else 1)
 
 
 class AcousticCodecModule(_CodecModule):

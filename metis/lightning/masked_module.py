@@ -157,28 +157,42 @@ class MaskedGenerativeModule(L.LightningModule):
         if "nonfinite_guard" in checkpoint:
             self.nonfinite_guard.load_state_dict(checkpoint["nonfinite_guard"])
         if checkpoint.get("rng_state") is not None:
-            restore_rng_state(checkpoint["rng_state"], self.trainer.global_rank if self._trainer is not None else 0)
+            trainer = self._trainer
+            restore_rng_state(checkpoint["rng_state"], trainer.global_rank if trainer is not None else 0,
+                              trainer.world_size if trainer is not None else 1)
 
 
 def capture_rng_state() -> dict:
-    """torch, CUDA, numpy and Python RNG states, as values a weights_only checkpoint load accepts."""
-    return {
+    """torch, CUDA, numpy and Python RNG states, as values a weights_only checkpoint load accepts; under
+    torch.distributed also every rank's (`ranks`; a collective: every rank builds the checkpoint dict)."""
+    state = {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         # numpy's state as plain values + a tensor, so the checkpoint loads with weights_only=True
         "numpy": _numpy_state_to_plain(np.random.get_state()),
         "python": random.getstate(),
     }
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        ranks = [None] * dist.get_world_size()
+        dist.all_gather_object(ranks, state)
+        state = {**state, "ranks": ranks}
+    return state
 
 
-def restore_rng_state(state: dict, rank: int = 0) -> None:
-    """Undo `capture_rng_state`; ranks > 0 derive their own stream from the one saved state."""
+def restore_rng_state(state: dict, rank: int = 0, world_size: int = 1) -> None:
+    """Undo `capture_rng_state`: each rank gets its own saved state back (exact resume); with another
+    world size, ranks > 0 derive their own stream from rank 0's."""
+    ranks = state.get("ranks")
+    exact = ranks is not None and len(ranks) == world_size
+    if exact:
+        state = ranks[rank]
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
     np.random.set_state(_numpy_state_from_plain(state["numpy"]))
     random.setstate(state["python"])
-    if rank > 0:  # one saved state for all ranks: derive distinct, reproducible streams
+    if rank > 0 and not exact:  # one saved state for all ranks: derive distinct, reproducible streams
         torch.manual_seed(int(torch.randint(0, 2**62, (1,))) + rank)
 
 
