@@ -37,8 +37,13 @@ def metric_keys(rows: list[dict]) -> list[str]:
     return sorted(keys, key=rank)
 
 
+def _finite(values) -> list[float]:
+    return [x for x in values if isinstance(x, float) and math.isfinite(x)]
+
+
 def _mean(values: list[float]) -> float:
-    v = [x for x in values if isinstance(x, float) and not math.isnan(x)]
+    """Mean of the finite values (NaN: not scored; inf: a degenerate score, counted in the report)."""
+    v = _finite(values)
     return float(np.mean(v)) if v else float("nan")
 
 
@@ -52,7 +57,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         groups.append(("all", rows))
     out = []
     for name, rs in groups:
-        s = {"subset": name, "n": len(rs), "hours": round(sum(r["seconds"] for r in rs) / 3600, 4)}
+        s = {"subset": name, "n": len(rs), "failed": sum(1 for r in rs if r.get("errors")),
+             "hours": round(sum(r["seconds"] for r in rs) / 3600, 4)}
         for k in keys:
             if k.endswith("_corpus"):
                 base = k.removesuffix("_corpus")
@@ -95,12 +101,12 @@ def _header(key: str, task: str) -> str:
 
 def markdown(summary: list[dict], *, task: str, metrics: list[str], notes: list[str], stats: dict,
              protocol: str | None = None) -> str:
-    all_keys = [k for k in summary[0] if k not in ("subset", "n", "hours")]
+    all_keys = [k for k in summary[0] if k not in ("subset", "n", "failed", "hours")]
     keys = [k for k in all_keys if not k.startswith("input_")]
-    lines = [f"# Evaluation: {task}", "", "| subset | n | hours | " + " | ".join(_header(k, task) for k in keys) + " |",
-             "|---|---|---|" + "---|" * len(keys)]
+    lines = [f"# Evaluation: {task}", "", "| subset | n | not fully scored | hours | "
+             + " | ".join(_header(k, task) for k in keys) + " |", "|---|---|---|---|" + "---|" * len(keys)]
     for s in summary:
-        lines.append(f"| {s['subset']} | {s['n']} | {s['hours']} | "
+        lines.append(f"| {s['subset']} | {s['n']} | {s['failed']} | {s['hours']} | "
                      + " | ".join(_display(k, s[k], task) for k in keys) + " |")
     paired = [k for k in keys if f"input_{k}" in all_keys]
     if paired:
@@ -120,7 +126,12 @@ def markdown(summary: list[dict], *, task: str, metrics: list[str], notes: list[
         lines += ["", "Notes:"] + [f"- {n}" for n in notes]
     fails = {k: v for k, v in stats.get("failures", {}).items() if v}
     if fails:
-        lines += ["", "Failures (utterances skipped per metric): " + ", ".join(f"{k}: {v}" for k, v in fails.items())]
+        lines += ["", "Failures (utterances not scored, per metric; `unreadable`: items whose audio could not be "
+                      "read; see the `errors` column of the CSV): " + ", ".join(f"{k}: {v}" for k, v in fails.items())]
+    nonfinite = {k: v for k, v in stats.get("nonfinite", {}).items() if v}
+    if nonfinite:
+        lines += ["", "Non-finite scores (left out of the means and plots): "
+                  + ", ".join(f"{k}: {v}" for k, v in nonfinite.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -142,7 +153,7 @@ def plot(rows: list[dict], out_dir: Path, *, task: str) -> list[Path]:
         nrows = math.ceil(len(keys) / cols)
         fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
         for ax, k in zip(axes.flat, keys, strict=False):
-            v = [r[k] for r in rows if isinstance(r.get(k), float) and not math.isnan(r[k])]
+            v = _finite(r.get(k) for r in rows)  # an inf would give matplotlib an infinite bin range
             ax.hist(v, bins=min(30, max(5, len(v))), color="tab:blue", alpha=0.8)
             ax.set_title(f"{k} (mean {np.mean(v):.3f}, n={len(v)})" if v else k, fontsize=9)
         for ax in list(axes.flat)[len(keys):]:

@@ -25,9 +25,10 @@ def score_audio(metrics: list[Metric], audio: Audio, item: Item, reference: Audi
                           lang=item.lang)
         except MetricUnavailable:
             raise
-        except Exception as e:  # one bad utterance (too short, silent) must not stop a test-set run
+        except Exception as e:  # one bad utterance (too short, silent, lengths apart) must not stop a test-set run
             failures[m.name] += 1
             log.warning("%s failed on %s%s: %s", m.name, prefix, item.id, e)
+            _flag(row, f"{prefix}{m.name}: {e}")
             continue
         finally:
             timing[m.name] += time.perf_counter() - t
@@ -40,25 +41,50 @@ def evaluate(items: list[Item], metrics: list[Metric], *, score_input: bool = Fa
     """Rows ``{id, subset, seconds, <metric keys>, input_<metric keys>}`` and run stats
     (failures per metric, metric seconds, audio seconds)."""
     missing = [str(it.wav) for it in items if not it.wav.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} generated file(s) missing, first: {missing[0]}")
+    if missing and len(missing) == len(items):
+        raise FileNotFoundError(f"none of the {len(items)} generated file(s) exists, first: {missing[0]}")
     failures: dict[str, int] = defaultdict(int)
     timing: dict[str, float] = defaultdict(float)
     rows, total_s = [], 0.0
     for i, it in enumerate(items):
-        audio = load(it.wav)
-        reference = load_cached(str(it.reference)) if it.reference else None
-        prompt = load_cached(str(it.prompt)) if it.prompt else None
-        row = {"id": it.id, "subset": it.subset, "seconds": round(audio.seconds, 3)}
+        row = {"id": it.id, "subset": it.subset, "seconds": 0.0}
         if it.text is not None:
             row["text"] = it.text
+        try:  # an unreadable item is counted and flagged; the others are still scored and written
+            audio = load(it.wav)
+            reference = load_cached(str(it.reference)) if it.reference else None
+            prompt = load_cached(str(it.prompt)) if it.prompt else None
+        except Exception as e:  # noqa: BLE001 - missing, truncated, not audio: all the same to the report
+            failures["unreadable"] += 1
+            log.warning("unreadable item %s: %s", it.id, e)
+            rows.append(_flag(row, f"unreadable: {e}"))
+            continue
+        row["seconds"] = round(audio.seconds, 3)
         score_audio(metrics, audio, it, reference, prompt, "", row, failures, timing)
         if score_input and it.input is not None:
-            score_audio(metrics, load(it.input), it, reference, prompt, "input_", row, failures, timing)
+            try:
+                source = load(it.input)
+            except Exception as e:  # noqa: BLE001
+                failures["unreadable_input"] += 1
+                _flag(row, f"unreadable input: {e}")
+            else:
+                score_audio(metrics, source, it, reference, prompt, "input_", row, failures, timing)
         total_s += audio.seconds
         rows.append(row)
         if progress:
             shown = {k: v for k, v in row.items() if isinstance(v, float) and not k.endswith(("_errors", "_ref_len"))
                      and k != "seconds" and not math.isnan(v)}
             log.info("[%d/%d] %s %s", i + 1, len(items), it.id, " ".join(f"{k}={v:.3f}" for k, v in shown.items()))
-    return rows, {"failures": dict(failures), "metric_seconds": dict(timing), "audio_seconds": total_s}
+    nonfinite: dict[str, int] = defaultdict(int)  # scores such as SI-SDR of identical signals (inf)
+    for row in rows:
+        for k, v in row.items():
+            if isinstance(v, float) and math.isinf(v):
+                nonfinite[k] += 1
+    return rows, {"failures": dict(failures), "nonfinite": dict(nonfinite), "metric_seconds": dict(timing),
+                  "audio_seconds": total_s}
+
+
+def _flag(row: dict, problem: str) -> dict:
+    """Note a problem in the row's `errors` column (the CSV shows which items were not fully scored)."""
+    row["errors"] = f"{row['errors']}; {problem}" if row.get("errors") else problem
+    return row

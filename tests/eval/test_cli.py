@@ -42,7 +42,7 @@ def test_cli_end_to_end_with_before_after_and_wandb(tmp_path, monkeypatch):
     assert any("nisqa skipped" in n and "--nisqa-checkpoint" in n for n in res["notes"])
     assert any("resemblyzer" in n for n in res["notes"])
     md = (out / "results.md").read_text()
-    assert "| subset | n | hours |" in md and "sim_resemblyzer" in md
+    assert "| subset | n | not fully scored | hours |" in md and "sim_resemblyzer" in md
     assert "| all | si_sdr | -0.0" in md or "| all | si_sdr | 0.0" in md
     assert "NOT the papers' WavLM-TDNN" in md
 
@@ -128,3 +128,37 @@ def test_cli_dns2020_protocol_reports_per_condition(tmp_path):
     row = next(line for line in md.splitlines() if line.startswith("| with_reverb | si_sdr |"))
     assert float(row.split("|")[3]) == pytest.approx(5.0, abs=0.3)  # the input column
     assert "Metis-SE (Metis Table 4)" in md  # published DNS numbers shown beside the run
+
+
+def test_bad_items_are_counted_flagged_and_the_rest_is_scored(tmp_path):
+    """One unreadable wav, one missing, one 60 s output against its 3 s reference: the run finishes, the
+    good items are scored, every bad one is counted with its reason in the tables and the CSV."""
+    pytest.importorskip("matplotlib")
+    manifest = _se_case(tmp_path, n=5)
+    items = [json.loads(line) for line in manifest.read_text().splitlines()]
+    (tmp_path / "enh" / "u1.wav").write_bytes(b"RIFF\x00\x00 not a wav")
+    (tmp_path / "enh" / "u2.wav").unlink()
+    sf.write(tmp_path / "enh" / "u3.wav", np.tile(sf.read(tmp_path / "ref" / "u3.wav")[0], 20), 16000)
+    out = tmp_path / "results"
+    res = main(["--task", "se", "--manifest", str(manifest), "--metrics", "sisdr", "--out", str(out), "--no-input"])
+    rows = {r["id"]: r for r in csv.DictReader(open(out / "per_utterance.csv"))}
+    assert len(rows) == len(items) == 5  # nothing lost
+    assert float(rows["u0"]["si_sdr"]) < 40 and not rows["u0"]["errors"]  # the good one is scored
+    assert rows["u1"]["errors"].startswith("unreadable") and rows["u2"]["errors"].startswith("unreadable")
+    assert "length mismatch: output 60.00 s vs reference 3.00 s" in rows["u3"]["errors"] and rows["u3"]["si_sdr"] == ""
+    assert res["stats"]["failures"] == {"unreadable": 2, "sisdr": 1}
+    md = (out / "results.md").read_text()
+    assert "| not fully scored |" in md and "| 3 |" in md and "unreadable: 2" in md and "sisdr: 1" in md
+
+
+def test_infinite_scores_do_not_break_means_or_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    from metis.eval.report import write_report
+
+    rows = [{"id": f"u{i}", "subset": "s", "seconds": 1.0, "si_sdr": v} for i, v in enumerate([10.0, float("inf"), 12.0])]
+    paths = write_report(rows, tmp_path, task="se", metrics=["SI-SDR"], notes=[], settings={},
+                         stats={"failures": {}, "nonfinite": {"si_sdr": 1}})
+    assert paths["distributions"].is_file()  # an inf used to give matplotlib "Too many bins for data range"
+    summary = list(csv.DictReader(open(paths["results_csv"])))
+    assert float(summary[0]["si_sdr"]) == pytest.approx(11.0)
+    assert "Non-finite scores (left out of the means and plots): si_sdr: 1" in paths["results_md"].read_text()

@@ -2,7 +2,10 @@
 
 PESQ (ITU-T P.862, wide band at 16 kHz, narrow band at 8 kHz), STOI/ESTOI and SI-SDR/SDR, through
 torchmetrics' functional API (which wraps the ``pesq`` and ``pystoi`` packages).
-Both signals are resampled to the metric's rate and trimmed to their common length.
+Both signals are resampled to the metric's rate and trimmed to their common length when they differ
+by at most `LENGTH_TOLERANCE` (a few samples off is normal); further apart, the pair is not scored (an
+error for that item, counted in the report) instead of being cut to the shorter one, which would score
+a 600 s output against a 3 s reference as perfect.
 """
 from __future__ import annotations
 
@@ -13,9 +16,16 @@ from metis.eval.audio import Audio, align, resample
 from metis.eval.metrics.base import Metric, require
 
 
+LENGTH_TOLERANCE = (0.25, 0.05)  # seconds, fraction of the reference: whichever is larger
+
+
 def _pair(wav: np.ndarray, sr: int, reference: Audio, rate: int) -> tuple[torch.Tensor, torch.Tensor]:
     est = resample(wav, sr, rate)
     ref = reference.at(rate) if isinstance(reference, Audio) else resample(reference[0], reference[1], rate)
+    apart, allowed = abs(len(est) - len(ref)), max(LENGTH_TOLERANCE[0] * rate, LENGTH_TOLERANCE[1] * len(ref))
+    if apart > allowed:
+        raise ValueError(f"length mismatch: output {len(est) / rate:.2f} s vs reference {len(ref) / rate:.2f} s "
+                         f"(more than {LENGTH_TOLERANCE[0]} s or {LENGTH_TOLERANCE[1]:.0%} apart): not scored")
     est, ref = align(est, ref)
     return torch.from_numpy(est.astype(np.float64)), torch.from_numpy(ref.astype(np.float64))
 
