@@ -5,11 +5,17 @@ from core-sounds-en.txt.gz, lines `name: text`), decoded by ffmpeg to 16 kHz. Mu
 sentences from a seeded grammar spoken by espeak-ng voices (speaker = voice name; `en+f3`,
 `en-us+m1`, ...; `en-gb+VARIANT` is avoided because espeak-ng ignores the variant there).
 
+Three speaker-disjoint splits, so that both claims of the paper can be tested on it:
+    train   the unlabelled pre-training pool: the Asterisk voice + `pretrain_voices`
+    task    the fine-tuning set: other speakers (`task_voices`) saying other sentences, in shards of
+            `task_shard_samples` utterances (fine-tune on the first k shards for a smaller set)
+    val     held-out speakers (`val_voices`) in neither: what pre-training and fine-tuning validate on
+
 Steps, each skipped when its output is complete (the build is idempotent):
-    raw/       wav files + manifest.jsonl (train/val split by a seeded draw)
-    shards/{train,val}/   flac+json shards (metis.data.prepare)
+    raw/       wav files + manifest.jsonl (split by speaker role)
+    shards/{train,task,val}/   flac+json shards (metis.data.prepare)
     tokenizer/            the k-means demo tokenizer fitted on the train shards
-    tokens/{train,val}/   token shards (metis.data.tokenize) -> what training reads
+    tokens/{train,task,val}/   token shards (metis.data.tokenize) -> what training reads
     demo.json             summary (hours, samples, speakers, shards, tokenizer identity)
 """
 
@@ -37,21 +43,28 @@ from metis.data.shards import TOKENIZER_MEMBER, audio_ext, expand_shards, iter_t
 
 ASTERISK_DIR = Path("/usr/share/asterisk/sounds/en")
 ASTERISK_TEXT = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
-VOICES = ("en-us+m1", "en-us+m3", "en-us+m7", "en-us+f1", "en-us+f2", "en-us+f4",
-          "en+m2", "en+m4", "en+f3", "en+f5", "en-029+f1", "en-gb-scotland")
+PRETRAIN_VOICES = ("en-us+m1", "en-us+f1", "en-us+f4", "en+m2", "en+f5", "en-029+f1")
+TASK_VOICES = ("en-us+m7", "en-us+f2", "en+m4")
+VAL_VOICES = ("en-us+m3", "en+f3", "en-gb-scotland")
+VOICES = PRETRAIN_VOICES + TASK_VOICES + VAL_VOICES
+SPLITS = ("train", "task", "val")
 
 
 @dataclass
 class DemoConfig:
     out_dir: str = "data/demo"
     n_prompts: int | None = None  # Asterisk prompts to use (None: all with a spoken transcript)
-    n_synth: int = 400  # espeak-ng utterances
-    voices: tuple[str, ...] = VOICES
+    n_synth: int = 300  # espeak-ng utterances of the pre-training voices
+    n_task: int = 150  # ... of the task voices (the fine-tuning set)
+    n_val: int = 90  # ... of the held-out validation voices
+    pretrain_voices: tuple[str, ...] = PRETRAIN_VOICES
+    task_voices: tuple[str, ...] = TASK_VOICES
+    val_voices: tuple[str, ...] = VAL_VOICES
     sample_rate: int = 16000
-    val_fraction: float = 0.05
     min_dur: float = 0.4
     max_dur: float = 20.0
     shard_samples: int = 200
+    task_shard_samples: int = 25  # the fine-tuning set in shards this small: set sizes k x 25
     n_clusters: int = 512
     max_fit_frames: int = 50_000
     seed: int = 0
@@ -168,27 +181,36 @@ def build_raw(cfg: DemoConfig, progress: bool = True) -> Path:
     for n, p in wavs.items():
         rows.append({"path": p.name, "id": p.stem, "text": texts[n], "speaker": "asterisk-prompts",
                      "language": "en", "origin": "asterisk", "prompt": n})
-    if cfg.n_synth:
+    for r in rows:
+        r["split"] = "train"
+    roles = [("train", cfg.pretrain_voices, cfg.n_synth), ("task", cfg.task_voices, cfg.n_task),
+             ("val", cfg.val_voices, cfg.n_val)]
+    shared = set(cfg.pretrain_voices) & set(cfg.task_voices) | set(cfg.val_voices) & (set(cfg.pretrain_voices) | set(cfg.task_voices))
+    if shared:
+        raise ValueError(f"demo voices must be speaker-disjoint across pretrain/task/val, shared: {sorted(shared)}")
+    n_all = sum(n for _, voices, n in roles if voices)
+    if n_all:
         if shutil.which("espeak-ng") is None:
             raise FileNotFoundError("espeak-ng not found on PATH (needed for the synthetic speakers)")
         from concurrent.futures import ThreadPoolExecutor
 
-        jobs = []
-        for i, text in enumerate(sentences(cfg.n_synth, cfg.seed)):
-            voice = cfg.voices[i % len(cfg.voices)]
-            jobs.append((text, voice, raw / f"espeak_{i:05d}.wav", rng.randint(145, 185), rng.randint(35, 65)))
+        texts_all = iter(sentences(n_all, cfg.seed))  # one stream: every utterance says its own sentence
+        jobs, i = [], 0
+        for split, voices, n in roles:
+            for j in range(n if voices else 0):
+                voice = voices[j % len(voices)]
+                jobs.append((next(texts_all), voice, raw / f"espeak_{i:05d}.wav", rng.randint(145, 185),
+                             rng.randint(35, 65), split))
+                i += 1
         with ThreadPoolExecutor(cfg.workers) as ex:  # espeak-ng runs in subprocesses: threads suffice
             futures = [ex.submit(synthesize, text, voice, dst, cfg.sample_rate, speed, pitch)
-                       for text, voice, dst, speed, pitch in jobs]
+                       for text, voice, dst, speed, pitch, _ in jobs]
             for f in tqdm(futures, desc="espeak-ng", unit="utt", disable=not progress):
                 f.result()
-        for text, voice, dst, speed, pitch in jobs:
+        for text, voice, dst, speed, pitch, split in jobs:
             rows.append({"path": dst.name, "id": dst.stem, "text": text, "speaker": f"espeak-{voice}",
-                         "language": "en", "origin": "espeak-ng", "voice": voice, "speed": speed, "pitch": pitch})
-    for r in rows:
-        r["split"] = "val" if rng.random() < cfg.val_fraction else "train"
-    if not any(r["split"] == "val" for r in rows):
-        rows[-1]["split"] = "val"
+                         "language": "en", "origin": "espeak-ng", "voice": voice, "speed": speed, "pitch": pitch,
+                         "split": split})
     tmp = manifest.with_name(f"manifest.jsonl.tmp-{os.getpid()}")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(tmp, manifest)
@@ -229,14 +251,17 @@ def build_demo(cfg: DemoConfig | None = None, progress: bool = True, log=print) 
     manifest = build_raw(cfg, progress)
     sources = discover_manifest(manifest, "en")
     splits = {}
-    for split in ("train", "val"):
+    for split in SPLITS:
         subset = [s for s in sources if s.extra.get("split") == split]
+        if not subset:
+            continue
         d = root / "shards" / split
         if (d / "prepare.json").exists():
             splits[split] = json.loads((d / "prepare.json").read_text())
         else:
+            count = cfg.task_shard_samples if split == "task" else cfg.shard_samples
             splits[split] = write_shards(subset, d, sample_rate=cfg.sample_rate, min_dur=cfg.min_dur,
-                                         max_dur=cfg.max_dur, max_count=cfg.shard_samples, seed=cfg.seed,
+                                         max_dur=cfg.max_dur, max_count=count, seed=cfg.seed,
                                          prefix=split, progress=progress, desc=f"shards/{split}")
     tok_dir = root / "tokenizer"
     if (tok_dir / "kmeans.json").exists():
@@ -248,16 +273,18 @@ def build_demo(cfg: DemoConfig | None = None, progress: bool = True, log=print) 
                                                      seed=cfg.seed), log=log)
         tok.save(tok_dir)
     tokens = {}
-    for split in ("train", "val"):
+    for split in splits:
         tokens[split] = tokenize(str(root / "shards" / split), root / "tokens" / split, tok, progress=progress)
-    speakers = {s.speaker for s in sources}
+    speakers = {split: sorted({s.speaker for s in sources if s.extra.get("split") == split}) for split in splits}
     summary = {
         "out_dir": str(root),
         "hours": round(sum(splits[s]["hours"] for s in splits), 4),
         "samples": {s: splits[s]["samples"] for s in splits},
-        "speakers": len(speakers),
+        "speakers": len({s.speaker for s in sources}),
+        "split_speakers": speakers,
         "shards": {s: splits[s]["shards"] for s in splits},
         "train_shards": str(root / "tokens" / "train"),
+        "task_shards": str(root / "tokens" / "task") if "task" in splits else None,
         "val_shards": str(root / "tokens" / "val"),
         "tokenizer": f"kmeans:{tok_dir}",
         "tokenizer_identity": tok.identity(),

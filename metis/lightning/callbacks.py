@@ -50,7 +50,8 @@ class ExportSafetensors(L.Callback):
         if trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)
             state = module.net.state_dict() if state is None else state
-            save_safetensors(state, path, metadata={"global_step": str(trainer.global_step)})
+            meta = {"global_step": str(trainer.global_step), "metis.train_frames": str(getattr(module, "frames_seen", 0))}
+            save_safetensors(state, path, metadata=meta)
             if self.model_config is not None:
                 write_json_atomic(self.dirpath / "config.json", self.model_config)
             rank_zero_info(f"exported weights at step {trainer.global_step} to {path}")

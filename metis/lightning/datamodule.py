@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from metis.conditions.builders import ConditionStage
 from metis.data.loader import build_loader
+from metis.data.shards import TOKENIZER_MEMBER, expand_shards
 from metis.lightning.fault_tolerance import EqualBatches
 
 
@@ -42,6 +43,9 @@ class ShardDataModule(L.LightningDataModule):
         conditions: a fine-tuning condition builder (`configs/task/<name>.yaml`): its waveform
             simulation runs in the loader workers (`ConditionStage`), each batch then carries
             `task_inputs`. cond_seed: its seed (the run's `seed`).
+        demo_split: the split of the demo corpus to train on: "train" (the pre-training pool) or
+            "task" (the fine-tuning set of other speakers); validation is always the held-out speakers.
+        max_train_shards: train on the first N shards (sorted) only: a smaller fine-tuning set.
     """
 
     def __init__(self, train_shards: str | Sequence[str] | None = None, val_shards: str | Sequence[str] | None = None,
@@ -49,7 +53,8 @@ class ShardDataModule(L.LightningDataModule):
                  fields: Sequence[str] = ("sem",), num_workers: int = 2, val_num_workers: int = 0, seed: int = 0,
                  min_dur: float = 0.5, max_dur: float = 30.0, shuffle_buffer: int = 500,
                  max_batch_size: int | None = None, tokenizer_identity: dict | None = None,
-                 demo: dict | None = None, conditions: Any = None, cond_seed: int = 0):
+                 demo: dict | None = None, conditions: Any = None, cond_seed: int = 0,
+                 demo_split: str = "train", max_train_shards: int | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["conditions"], logger=False)  # plain values only (weights_only loads)
         self.condition_stage = None if conditions is None else ConditionStage(conditions, cond_seed)
@@ -67,11 +72,34 @@ class ShardDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.hparams.demo is not None:
             summary = json.loads((Path(self.hparams.demo["out_dir"]) / "demo.json").read_text())
-            self.train_shards = self.train_shards or summary["train_shards"]
+            key = f"{self.hparams.demo_split}_shards"
+            if not summary.get(key):
+                raise ValueError(f"data.demo_split={self.hparams.demo_split!r}: the demo corpus has no {key} "
+                                 f"(splits: {sorted(summary['samples'])})")
+            self.train_shards = self.train_shards or summary[key]
             self.val_shards = self.val_shards or summary["val_shards"]
             self.tokenizer_identity = self.tokenizer_identity or summary["tokenizer_identity"]
         if not self.train_shards:
             raise ValueError("data.train_shards is empty: point it at your shards, e.g. data.train_shards='/data/emilia/{000000..000999}.tar'")
+        if self.hparams.max_train_shards:
+            shards = expand_shards(self.train_shards)
+            n = int(self.hparams.max_train_shards)
+            if n > len(shards):
+                raise ValueError(f"data.max_train_shards={n} but {self.train_shards} has only {len(shards)} shards")
+            self.train_shards = sorted(shards)[:n]
+
+    def train_size(self) -> int:
+        """Utterances in the training shards (local shards; the tokenizer member not counted)."""
+        import tarfile
+
+        keys = set()
+        for url in expand_shards(self.train_shards):
+            with tarfile.open(url) as tar:
+                for m in tar:
+                    key = m.name.split("/")[-1].split(".")[0]
+                    if key != TOKENIZER_MEMBER:
+                        keys.add((url, key))
+        return len(keys)
 
     def _loader(self, shards, mode: str, seed: int):
         h = self.hparams

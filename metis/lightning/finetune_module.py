@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Callable
 
 import torch
@@ -37,6 +38,7 @@ from metis.checkpoints.io import check_state_dict
 from metis.checkpoints.lora import ADAPTER_MODULE, wrap_lora
 from metis.conditions.builders import ConditionBuilder, TaskInputs, featurize
 from metis.lightning.finetune_init import load_adapter_file, load_init, new_modules
+from metis.lightning.baselines import condition_tokens, shuffled_condition
 from metis.lightning.masked_module import MaskedGenerativeModule
 from metis.lightning.metrics import masked_token_loss
 from metis.lightning.trainable import describe_trainable
@@ -155,6 +157,8 @@ class FinetuneModule(MaskedGenerativeModule):
         """Loader batch -> TaskInputs on the device: the conditions the loader simulated
         (`batch["task_inputs"]`) with their features, or simulated here (seeded by seed/step/rank for
         training, by val_seed and the batch's index for validation)."""
+        if isinstance(batch, TaskInputs):  # already prepared (validation_step keeps it for the ablation)
+            return batch
         inputs = batch.get("task_inputs") if isinstance(batch, Mapping) else None
         if inputs is None:
             if split == "train":
@@ -174,15 +178,50 @@ class FinetuneModule(MaskedGenerativeModule):
     def forward(self, inputs: TaskInputs):
         return self.net(**inputs.model_kwargs())
 
-    def model_step(self, batch: TaskInputs | dict):
-        inputs = batch if isinstance(batch, TaskInputs) else self.prepare_batch(batch, "train")
+    def step_on(self, inputs: TaskInputs, baselines: bool = False):
+        """Loss and stats of the net on `inputs`; with `baselines`, also every trivial predictor scored
+        on the same masks (`metis.lightning.baselines`)."""
         out = self(inputs)
         loss, stats = masked_token_loss(out.logits, inputs.x0, out.final_mask)
         stats["mask_ratio"] = out.mask_prob.float().mean()
         stats["n_valid"] = inputs.x_mask.sum()
         for name, value in inputs.stats.items():
             stats[f"cond_{name}"] = torch.tensor(float(value))
+        if baselines and self.baselines is not None:
+            stats.update(self.baselines.score(inputs.x0, out.final_mask, inputs.x_mask, self.condition_tokens(inputs)))
         return loss, stats
+
+    def condition_tokens(self, inputs: TaskInputs) -> torch.Tensor | None:
+        """The condition's own answer: tokens of the audio the condition was computed on (SE: the
+        degraded input, TSE: [prompt; mixture], VC: [prompt; source]), aligned to x0; None without audio."""
+        if inputs.cond_wavs is None or self.extractor is None or not hasattr(self.extractor, "encode"):
+            return None
+        lengths = [int(n) for n in inputs.x_mask.sum(1).tolist()]
+        return condition_tokens(self.extractor, inputs.cond_wavs, lengths).to(inputs.x0.device)
+
+    def model_step(self, batch: TaskInputs | dict):
+        inputs = batch if isinstance(batch, TaskInputs) else self.prepare_batch(batch, "train")
+        if self.training and self.baselines is not None:
+            self.baselines.observe(inputs.x0, inputs.x_mask)
+        return self.step_on(inputs, baselines=not self.training)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        inputs = self.prepare_batch(batch, "val")
+        super().validation_step(inputs, batch_idx)
+        self.condition_ablation(inputs, batch_idx)
+
+    def condition_ablation(self, inputs: TaskInputs, batch_idx: int) -> None:
+        """Score the batch again, on the same masks, with the condition of another utterance of the batch
+        (`val/acc_top1_cond_shuffled`) and with a zero condition (`val/acc_top1_cond_zero`): a model
+        that uses its condition loses accuracy on both."""
+        if inputs.finetune_cond is None or inputs.x0.shape[0] < 2:
+            return
+        for name, cond in (("cond_shuffled", shuffled_condition(inputs.finetune_cond, inputs.x_mask)),
+                           ("cond_zero", torch.zeros_like(inputs.finetune_cond))):
+            with self.val_rng(batch_idx):
+                _, stats = self.step_on(replace(inputs, finetune_cond=cond))
+            n = int(stats["n_masked"].clamp(min=1))
+            self.log(f"val/acc_top1_{name}", stats["acc_top1"].float(), sync_dist=True, batch_size=n)
 
     def on_validation_epoch_start(self) -> None:
         self._val_index = 0

@@ -1,7 +1,7 @@
 """The fine-tuning recipe: `finetune(cfg)` instantiates data, module (base loaded, LoRA wrapped),
 callbacks, loggers and trainer from a Hydra config, fits, and reports the held-out masked-token
-accuracy before and after. `compare_scratch=true` runs the same fine-tune twice, from `init` and
-from random init, and prints both rows: what pre-training buys.
+accuracy before and after, beside the trivial baselines and the condition ablations.
+`compare_scratch=true` runs the fair pre-training comparison of `metis.lightning.comparison`.
 
 `finetune.py` wraps `finetune(cfg)` with `@hydra.main`; tests call `finetune(cfg)` on a composed config.
 """
@@ -9,8 +9,9 @@ from random init, and prints both rows: what pre-training buys.
 from __future__ import annotations
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
+from metis.lightning import baselines
 from metis.lightning.finetune_export import ExportFinetuned
 from metis.lightning.training import build_run, run_paths
 
@@ -47,6 +48,7 @@ def finetune_once(cfg: DictConfig) -> dict:
             lines.append(f"held-out masked-token accuracy before: {before['val/acc_top1']:.4f}")
         if after.get("val/acc_top1") is not None:
             lines.append(f"held-out masked-token accuracy after:  {after['val/acc_top1']:.4f} (val/loss {after['val/loss']:.4f})")
+            lines.append(baselines.report(after))
         if result["last_checkpoint"]:
             lines.append(f"checkpoint (resume with ckpt_path=last): {result['last_checkpoint']}")
         for name, path in result["exported"].items():
@@ -56,36 +58,20 @@ def finetune_once(cfg: DictConfig) -> dict:
 
 
 def finetune(cfg: DictConfig) -> dict:
-    """`finetune_once(cfg)`, or with `compare_scratch` both the pre-trained and a from-scratch start
-    (same data, steps and seed; the scratch run's `peft` is `compare_scratch_peft`), printed as a table."""
+    """`finetune_once(cfg)`, or with `compare_scratch` the arms of `metis.lightning.comparison` (the
+    pre-trained base fine-tuned with LoRA and in full, and from scratch to its best validation) on the
+    same data and seed, written to `outputs/<run_name>/comparison.json` + `learning_curve.png`."""
     if not cfg.get("compare_scratch"):
         return finetune_once(cfg)
-    runs = {}
-    for label in ("pretrained", "scratch"):
-        c = cfg.copy()
-        with open_dict(c):
-            c.compare_scratch = False
-            c.run_name = f"{cfg.run_name}_{label}"
-            c.validate_before = True
-            c.validate_after = True
-            if label == "scratch":
-                c.init = "scratch"
-                c.model.init = "scratch"
-                if cfg.get("compare_scratch_peft"):
-                    c.peft = OmegaConf.merge(c.peft, {"method": cfg.compare_scratch_peft})
-                    c.model.peft = c.peft
-        OmegaConf.resolve(c)
-        runs[label] = finetune_once(c)
-    print(comparison_table(runs), flush=True)
-    return {"runs": runs, "table": comparison_table(runs)}
+    from metis.lightning import comparison as C
 
-
-def comparison_table(runs: dict[str, dict]) -> str:
-    head = f"{'start':<11} {'trainable':>22} {'steps':>6} {'acc@1 before':>13} {'acc@1 after':>12} {'acc@10 after':>13} {'val loss':>9}"
-    lines = [head, "-" * len(head)]
-    for label, r in runs.items():
-        b, a = r["before"], r["after"]
-        lines.append(f"{label:<11} {r['summary'].split(':')[0][:22]:>22} {r['global_step']:>6} "
-                     f"{b.get('val/acc_top1', float('nan')):>13.4f} {a.get('val/acc_top1', float('nan')):>12.4f} "
-                     f"{a.get('val/acc_top10', float('nan')):>13.4f} {a.get('val/loss', float('nan')):>9.4f}")
-    return "\n".join(lines)
+    arms = C.arm_configs(cfg)
+    runs = {name: finetune_once(c) for name, c in arms.items()}
+    datamodule = runs[next(iter(runs))]["module"].trainer.datamodule
+    set_size = datamodule.train_size() if hasattr(datamodule, "train_size") else None
+    doc = C.comparison(runs, arms, cfg, set_size)
+    json_path, png = C.write_comparison(doc, cfg.paths.output_dir)
+    table = C.table(doc)
+    print(table, flush=True)
+    print(f"comparison: {json_path}" + (f", learning curves: {png}" if png else ""), flush=True)
+    return {"runs": runs, "table": table, "comparison": doc, "comparison_path": str(json_path)}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import time
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import lightning as L
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from metis.lightning.baselines import MaskedBaselines
 from metis.lightning.fault_tolerance import NonFiniteGuard
 from metis.lightning.metrics import masked_token_loss
 from metis.lightning.strategies import optimizer_for_strategy
@@ -52,8 +54,13 @@ class MaskedGenerativeModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.tokenizer = tokenizer
         self.val_history: list[float] = []
+        self.val_records: list[dict] = []  # per validation: step, training frames so far, the val/* metrics
+        self.frames_seen = 0  # valid training frames processed (all ranks), kept across resumes
         self._step_start: float | None = None
         self.nonfinite_guard = NonFiniteGuard(max_consecutive_nonfinite)
+        # trivial predictors scored on the validation masks (stage-1 token models; unigram counted in training)
+        codebook = getattr(net, "cond_codebook_size", None)
+        self.baselines = MaskedBaselines(codebook) if codebook else None
 
     # ---- one step, shared by train and val -------------------------------------------------
     def prepare_batch(self, batch: dict, split: str) -> Any:
@@ -72,6 +79,7 @@ class MaskedGenerativeModule(L.LightningModule):
             self.log("train/nonfinite_skipped", float(guard.skipped), **log)
             return guard.skip_output(loss)
         self.log("train/nonfinite_skipped", float(guard.skipped), **log)
+        self.frames_seen += int(n_valid) * self.trainer.world_size
         self.log("train/loss", loss, prog_bar=True, **log)
         for name, value in stats.items():
             self.log(f"train/{name}", value.float(), **log)
@@ -98,12 +106,17 @@ class MaskedGenerativeModule(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_start = time.perf_counter()
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        # Same corruption on every evaluation: fork the RNG and seed it per batch.
-        prepared = self.prepare_batch(batch, "val")
+    @contextmanager
+    def val_rng(self, batch_idx: int):
+        """Same corruption on every evaluation: a forked RNG seeded per validation batch."""
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.hparams.val_seed + batch_idx)
+            yield
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        prepared = self.prepare_batch(batch, "val")
+        with self.val_rng(batch_idx):
             loss, stats = self.model_step(prepared)
         stats.pop("n_valid")
         n = int(stats["n_masked"].clamp(min=1))
@@ -114,7 +127,10 @@ class MaskedGenerativeModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking and "val/loss" in self.trainer.callback_metrics:
-            self.val_history.append(float(self.trainer.callback_metrics["val/loss"]))
+            metrics = self.trainer.callback_metrics
+            self.val_history.append(float(metrics["val/loss"]))
+            self.val_records.append({"step": int(self.trainer.global_step), "frames": int(self.frames_seen),
+                                     **{k: float(v) for k, v in metrics.items() if k.startswith("val/") and v.numel() == 1}})
 
     # ---- tokens ------------------------------------------------------------------------------
     def semantic_tokens(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,10 +168,16 @@ class MaskedGenerativeModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rng_state"] = capture_rng_state()
         checkpoint["nonfinite_guard"] = self.nonfinite_guard.state_dict()
+        checkpoint["frames_seen"] = int(self.frames_seen)
+        if self.baselines is not None:
+            checkpoint["baselines"] = self.baselines.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "nonfinite_guard" in checkpoint:
             self.nonfinite_guard.load_state_dict(checkpoint["nonfinite_guard"])
+        self.frames_seen = int(checkpoint.get("frames_seen", 0))
+        if self.baselines is not None and "baselines" in checkpoint:
+            self.baselines.load_state_dict(checkpoint["baselines"])
         if checkpoint.get("rng_state") is not None:
             trainer = self._trainer
             restore_rng_state(checkpoint["rng_state"], trainer.global_rank if trainer is not None else 0,
@@ -215,6 +237,10 @@ class Stage1PretrainModule(MaskedGenerativeModule):
         loss, stats = masked_token_loss(out.logits, tokens, out.final_mask)
         stats["mask_ratio"] = out.mask_prob.float().mean()
         stats["n_valid"] = mask.sum()
+        if self.training:
+            self.baselines.observe(tokens, mask)
+        else:
+            stats.update(self.baselines.score(tokens, out.final_mask, mask))
         return loss, stats
 
 

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
+from metis.lightning import baselines
 from metis.lightning.callbacks import ExportSafetensors
 from metis.lightning.fault_tolerance import newest_loadable
 from metis.lightning.loggers import tidy_console_logging
@@ -131,6 +132,8 @@ def print_summary(result: dict) -> None:
     if result["val_history"]:
         h = result["val_history"]
         lines.append(f"validation loss: first {h[0]:.4f} -> last {h[-1]:.4f} ({len(h)} evaluations)")
+    if "val/acc_top1" in result["metrics"]:
+        lines.append(baselines.report(result["metrics"]))
     if result["last_checkpoint"]:
         lines.append(f"checkpoint (resume with ckpt_path=last): {result['last_checkpoint']}")
     if result["exported"]:

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    cfg = demo.DemoConfig(out_dir=str(out), n_prompts=10, n_synth=5, n_clusters=16, val_fraction=0.2, seed=3)
+    cfg = demo.DemoConfig(out_dir=str(out), n_prompts=10, n_synth=5, n_task=3, n_val=2, n_clusters=16, seed=3)
     return cfg, demo.build_demo(cfg, progress=False, log=lambda *_: None)
 
 
@@ -35,8 +35,11 @@ def samples(pattern):
 
 def test_summary_and_idempotence(built):
     cfg, summary = built
-    assert sum(summary["samples"].values()) == 15 and summary["samples"]["val"] >= 1
-    assert summary["speakers"] == 6  # the Asterisk voice + 5 espeak-ng voices
+    assert summary["samples"] == {"train": 15, "task": 3, "val": 2}
+    assert summary["speakers"] == 11  # the Asterisk voice + 5 pre-training, 3 task and 2 val espeak-ng voices
+    split = {k: set(v) for k, v in summary["split_speakers"].items()}
+    assert not (split["train"] & split["task"] or split["val"] & (split["train"] | split["task"]))  # speaker-disjoint
+    assert "asterisk-prompts" in split["train"]
     assert summary["hours"] > 0 and summary["shards"]["train"] >= 1
     again = demo.build_demo(cfg, progress=False)
     assert again["already_done"] and again["tokenizer_identity"] == summary["tokenizer_identity"]
@@ -46,7 +49,8 @@ def test_audio_is_playable_and_transcripts_match(built):
     cfg, _ = built
     texts = demo.asterisk_transcripts()
     got = samples(f"{cfg.out_dir}/tokens/*/*.tar")
-    assert len(got) == 15
+    assert len(got) == 20
+    assert len({json.loads(s["json"])["text"] for s in got if "voice" in json.loads(s["json"])}) == 10  # own sentences
     origins = set()
     for s in got:
         m = json.loads(s["json"])

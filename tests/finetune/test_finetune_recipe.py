@@ -1,12 +1,14 @@
 """`finetune(cfg)` end to end on the composed config: LoRA checkpoints hold only the trainable tensors,
 `ckpt_path=last` resumes exactly, a checkpoint of another base is refused, exports reload."""
 
+import json
+
 import pytest
 import torch
 from omegaconf import open_dict
 
 from metis.checkpoints.io import save_safetensors
-from metis.lightning.finetuning import comparison_table, finetune
+from metis.lightning.finetuning import finetune
 from metis.models.metis_stage1 import MetisStage1
 
 TINY_NET = dict(hidden_size=32, num_layers=2, num_heads=2, cond_codebook_size=16, norm_init="unit")
@@ -52,15 +54,36 @@ def test_lora_checkpoint_is_small_and_resumes_exactly(tiny_cfg, tmp_path):
         finetune(tiny_cfg(*SE, f"init={other}", "run_name=resumed", "ckpt_path=last", "trainer.max_steps=8"))
 
 
-def test_compare_scratch_prints_two_rows(tiny_cfg, tmp_path, capsys):
+def test_compare_scratch_writes_the_comparison(tiny_cfg, tmp_path, capsys):
     base = _base(tmp_path / "base.safetensors")
-    cfg = tiny_cfg(*SE, f"init={base}", "run_name=cmp", "ckpt_path=null", "compare_scratch=true", "trainer.max_steps=2")
+    cfg = tiny_cfg(*SE, f"init={base}", "run_name=cmp", "ckpt_path=null", "compare_scratch=true", "trainer.max_steps=2",
+                   "trainer.val_check_interval=1", "compare.scratch_steps_factor=3", "compare.scratch_patience=1")
     out = finetune(cfg)
-    assert set(out["runs"]) == {"pretrained", "scratch"}
+    assert set(out["runs"]) == {"pretrained_lora", "pretrained_full", "scratch"}
+    after = out["runs"]["pretrained_lora"]["after"]
+    for key in ("val/baseline_unigram_acc_top1", "val/baseline_copy_nearest_acc_top1",
+                "val/baseline_condition_acc_top1", "val/acc_top1_cond_shuffled", "val/acc_top1_cond_zero"):
+        assert key in after, key
     assert out["runs"]["scratch"]["summary"].startswith("full fine-tune")
-    assert out["runs"]["pretrained"]["summary"].startswith("LoRA r=4")
-    for run in out["runs"].values():
-        assert "val/acc_top1" in run["before"] and "val/acc_top1" in run["after"]
+    assert out["runs"]["pretrained_full"]["summary"].startswith("full fine-tune")
+    assert out["runs"]["pretrained_lora"]["summary"].startswith("LoRA r=4")
+    doc = json.loads((tmp_path / "outputs" / "cmp" / "comparison.json").read_text())
+    assert doc == out["comparison"]
+    assert (tmp_path / "outputs" / "cmp" / "learning_curve.png").stat().st_size > 0
+    assert set(doc["baselines"]) == {"unigram", "copy_nearest", "condition"}
+    assert doc["seed"] == cfg.seed and set(doc["arms"]) == set(out["runs"])
+    for name, arm in doc["arms"].items():
+        run = out["runs"][name]
+        assert arm["init"] == ("scratch" if name == "scratch" else "pretrained")
+        assert arm["peft"] == ("lora" if name == "pretrained_lora" else "full")
+        assert arm["steps"] == run["global_step"]
+        best = min((r for r in run["module"].val_records), key=lambda r: r["val/loss"])
+        assert (arm["best_step"], arm["val_loss"], arm["val_acc_top1"]) == (best["step"], best["val/loss"], best["val/acc_top1"])
+        assert arm["finetune_frames"] == best["frames"]
+        assert "val_acc_top1_cond_shuffled" in arm
+    assert doc["arms"]["pretrained_lora"]["steps"] == 2
+    assert 2 <= doc["arms"]["scratch"]["steps"] <= 6  # up to 3x the steps, early-stopped
+    assert doc["arms"]["scratch"]["total_frames"] == doc["arms"]["scratch"]["finetune_frames"]
+    assert doc["arms"]["pretrained_lora"]["total_frames"] is None  # this base records no pre-training frames
     printed = capsys.readouterr().out
-    assert "pretrained" in printed and "scratch" in printed and out["table"] in printed
-    assert len(comparison_table(out["runs"]).splitlines()) == 4
+    assert out["table"] in printed and "baseline copy_nearest" in printed

@@ -19,7 +19,8 @@ def test_stage1_fit_writes_checkpoint_and_strict_export(tiny_cfg):
     assert result["global_step"] == 8
     assert result["last_checkpoint"] and result["exported"]
     assert len(result["val_history"]) == 2
-    for key in ("train/loss", "val/loss", "val/acc_top1", "val/acc_top10"):
+    for key in ("train/loss", "val/loss", "val/acc_top1", "val/acc_top10", "val/baseline_unigram_acc_top1",
+                "val/baseline_unigram_acc_top10", "val/baseline_unigram_loss", "val/baseline_copy_nearest_acc_top1"):
         assert key in result["metrics"], key
 
     # The export is self-describing and reloads strictly into a fresh net of the same class.
@@ -32,6 +33,8 @@ def test_stage1_fit_writes_checkpoint_and_strict_export(tiny_cfg):
     ckpt = torch.load(result["last_checkpoint"], map_location="cpu", weights_only=False)
     for name, value in net.state_dict().items():
         assert torch.equal(value, ckpt["state_dict"]["net." + name]), name
+    # the unigram baseline's counts are the training tokens' (8 steps of them), kept for a resume
+    assert ckpt["baselines"]["counts"].sum() > 0
 
 
 def test_s2a_fit(tiny_cfg):
