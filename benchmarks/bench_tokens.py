@@ -115,7 +115,7 @@ def main() -> None:
         t0 = time.time()
         cfg = KMeansConfig(**{**tok.config.__dict__, "n_clusters": k})
         refit = KMeansTokenizer.fit([w for _, w in train], cfg, log=lambda *_: None)
-        rows[f"kmeans{k} (refit, {time.time() - t0:.0f} s)"] = measure(refit, train, val)
+        rows[f"kmeans{k} (refit {time.time() - t0:.0f}s)"] = measure(refit, train, val)
     keys = list(next(iter(rows.values())))
     print(f"{len(train)} train / {len(val)} val utterances ({len({s for s, _ in val})} held-out speakers)")
     print(f"{'tokenizer':<24}" + "".join(f"{k:>18}" for k in keys[1:]))

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", parents=[common], help="build the offline demo corpus (asterisk prompts + espeak-ng)")
     d.add_argument("--out-dir", default="data/demo")
     d.add_argument("--n-prompts", type=int, default=None)
-    d.add_argument("--n-synth", type=int, default=400)
+    d.add_argument("--n-synth", type=int, default=300, help="espeak-ng utterances of the pre-training voices")
     d.add_argument("--clusters", type=int, default=512)
     d.add_argument("--max-fit-frames", type=int, default=50_000)
     d.add_argument("--seed", type=int, default=0)

@@ -247,3 +247,19 @@ def test_train_position_from_another_layout_is_refused_with_the_reason(tmp_path)
         other.resume_from(state)
     fewer = build_loader(shards[:1], num_workers=2, **kw)
     assert "shards" in fewer.position_mismatch(state)
+
+
+def test_datamodule_takes_the_first_train_shards_and_counts_their_utterances(tmp_path):
+    """`max_train_shards=k`: a smaller fine-tuning set is the first k shards; `train_size` counts its utterances."""
+    from metis.lightning.datamodule import ShardDataModule
+    from tests.data.conftest import write_corpus
+
+    paths = write_corpus(tmp_path, 3, 4, prefix="task")
+    dm = ShardDataModule(train_shards=str(tmp_path), max_train_shards=2)
+    dm.setup("fit")
+    assert dm.train_shards == sorted(paths)[:2] and dm.train_size() == 8
+    full = ShardDataModule(train_shards=str(tmp_path))
+    full.setup("fit")
+    assert full.train_size() == 12
+    with pytest.raises(ValueError, match="max_train_shards=4 but .* has only 3 shards"):
+        ShardDataModule(train_shards=str(tmp_path), max_train_shards=4).setup("fit")
