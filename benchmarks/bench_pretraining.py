@@ -2,6 +2,7 @@
 
     python train.py                                            # the pre-trained base (outputs/demo/export)
     python benchmarks/bench_pretraining.py --experiment demo_se --shards 1 6 --seeds 0 1 [--jobs 2] [-- key=value ...]
+    python benchmarks/bench_pretraining.py --read demo_se demo_tse     # the table of finished comparisons
 
 Each (set size, seed) is one `python finetune.py experiment=<experiment> compare_scratch=true
 data.max_train_shards=<k> seed=<s>` (k task shards of 25 utterances); its comparison.json is read back
@@ -47,12 +48,24 @@ def main() -> None:
     p.add_argument("--shards", type=int, nargs="+", default=[1, 6])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--jobs", type=int, default=1, help="runs at once (each uses num_threads threads)")
+    p.add_argument("--read", nargs="+", default=None, metavar="RUN_NAME",
+                   help="run nothing: print the table of these finished runs' outputs/<RUN_NAME>/comparison.json")
     args = p.parse_args(argv)
+    if args.read:
+        print_table([json.loads((ROOT / "outputs" / n / "comparison.json").read_text()) for n in args.read])
+        return
     log_dir = ROOT / "outputs" / f"{args.experiment}_sweep_logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     grid = [(k, s) for k in args.shards for s in args.seeds]
     with ThreadPoolExecutor(args.jobs) as ex:
         docs = list(ex.map(lambda ks: run(args.experiment, ks[0], ks[1], extra, log_dir), grid))
+    print_table(docs)
+    out = ROOT / "outputs" / f"{args.experiment}_sweep.json"
+    out.write_text(json.dumps(docs, indent=2))
+    print(f"written: {out}")
+
+
+def print_table(docs: list[dict]) -> None:
     head = (f"{'set':>4} {'seed':>4} {'arm':<16} {'steps':>5} {'best':>5} {'ft frames':>10} {'total frames':>13} "
             f"{'acc@1':>7} {'loss':>7} {'shuffled':>8} {'zero':>7}")
     print(head)
@@ -64,11 +77,8 @@ def main() -> None:
                   f"{a['finetune_frames']:>10} {total:>13} {a.get('val_acc_top1', float('nan')):>7.4f} "
                   f"{a.get('val_loss', float('nan')):>7.4f} {a.get('val_acc_top1_cond_shuffled', float('nan')):>8.4f} "
                   f"{a.get('val_acc_top1_cond_zero', float('nan')):>7.4f}")
-        print(f"{'':>4} {'':>4} baselines: " + ", ".join(f"{k} {v:.4f}" for k, v in doc["baselines"].items())
-              + f"   ({doc['wall_s']:.0f} s)")
-    out = ROOT / "outputs" / f"{args.experiment}_sweep.json"
-    out.write_text(json.dumps(docs, indent=2))
-    print(f"written: {out}")
+        wall = f"   ({doc['wall_s']:.0f} s)" if "wall_s" in doc else ""
+        print(f"{'':>4} {'':>4} baselines: " + ", ".join(f"{k} {v:.4f}" for k, v in doc["baselines"].items()) + wall)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,11 @@ def test_stage1_fit_writes_checkpoint_and_strict_export(tiny_cfg):
         assert torch.equal(value, ckpt["state_dict"]["net." + name]), name
     # the unigram baseline's counts are the training tokens' (8 steps of them), kept for a resume
     assert ckpt["baselines"]["counts"].sum() > 0
+    # the export records the frames it was trained on: what a fine-tune comparison adds to its own
+    from metis.lightning.comparison import pretrain_frames
+
+    assert ckpt["frames_seen"] == ckpt["baselines"]["counts"].sum() > 0
+    assert pretrain_frames(str(export_dir)) == ckpt["frames_seen"]
 
 
 def test_s2a_fit(tiny_cfg):
