@@ -119,7 +119,7 @@ def comparison(runs: dict[str, dict], arms: dict[str, DictConfig], cfg: DictConf
     records = first["module"].val_records
     baselines = baseline_accuracies(records[-1]) if records else {}
     return {"arms": out_arms, "baselines": baselines, "finetune_set_size": set_size, "seed": int(cfg.seed),
-            "task": str(cfg.task.name)}
+            "task": str(cfg.model.task)}
 
 
 def write_comparison(doc: dict, out_dir: str | os.PathLike) -> tuple[Path, Path | None]:
