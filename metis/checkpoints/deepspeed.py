@@ -62,14 +62,22 @@ def weights_only_loads():
     """Inside, every `torch.load` runs torch's weights-only unpickler, also the ones DeepSpeed and
     Lightning make with `weights_only=False` while consolidating ZeRO shards: a checkpoint folder
     can then build only tensors, containers and the few DeepSpeed classes listed here, never run
-    code. (`TORCH_FORCE_WEIGHTS_ONLY_LOAD` is read by torch at each load.)"""
-    allowed = []
+    code. (`TORCH_FORCE_WEIGHTS_ONLY_LOAD` is read by torch at each load.) OmegaConf containers are
+    allowed too: a module's hyper-parameters may hold them (plain data, rebuilt from their state)."""
+    import collections
+    import typing
+
+    from omegaconf import DictConfig, ListConfig, base, nodes
+
+    allowed = [DictConfig, ListConfig, base.ContainerMetadata, base.Metadata, nodes.AnyNode, nodes.StringNode,
+               nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode, typing.Any, dict, list, int,
+               collections.defaultdict]
     try:
         from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
         from deepspeed.runtime.zero.config import ZeroStageEnum
         from deepspeed.utils.tensor_fragment import fragment_address
 
-        allowed = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+        allowed += [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
     except ImportError:  # pragma: no cover - deepspeed is needed to consolidate anyway
         pass
     previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
