@@ -63,7 +63,7 @@ class ShardStream(IterableDataset):
 
     def __init__(self, urls: list[str], *, mode: Literal["train", "val"], fields: tuple[str, ...],
                  max_tokens: int, min_dur: float, max_dur: float, seed: int, frame_rate: float,
-                 shuffle_buffer: int, pool_batches: int, max_batch_size: int | None,
+                 shuffle_buffer: int, pool_batches: int, max_batch_size: int | None, packed: bool,
                  batches_per_epoch: int | None, tokenizer_identity: dict | None,
                  acoustic_identity: dict | None, required_json: tuple[str, ...],
                  rank: int | None, world_size: int | None, batch_stage: BatchStage | None = None):
@@ -71,6 +71,7 @@ class ShardStream(IterableDataset):
         self.max_tokens, self.min_dur, self.max_dur = max_tokens, min_dur, max_dur
         self.seed, self.frame_rate = seed, frame_rate
         self.shuffle_buffer, self.pool_batches, self.max_batch_size = shuffle_buffer, pool_batches, max_batch_size
+        self.packed = packed
         self.batches_per_epoch = batches_per_epoch
         self.identities = {"sem": tokenizer_identity, "ac": acoustic_identity}
         self.required_json = required_json
@@ -293,7 +294,7 @@ class ShardStream(IterableDataset):
         pos = SlotPosition.from_dict(saved) if saved else SlotPosition(slot=slot)
         rng = pos.random(f"{self.seed}/{slot}")
         batcher = TokenBudgetBatcher(self.max_tokens, pool_batches=self.pool_batches,
-                                     max_batch_size=self.max_batch_size, rng=rng)
+                                     max_batch_size=self.max_batch_size, rng=rng, packed=self.packed)
 
         def reread(refs):
             return [it for it in (self._reread(r, counter) for r in refs) if it is not None]
@@ -375,7 +376,7 @@ class ShardStream(IterableDataset):
 
         batches = token_budget_batches(items, lambda it: it.length, self.max_tokens,
                                        pool_batches=self.pool_batches, max_batch_size=self.max_batch_size,
-                                       rng=None, on_oversize=oversize)
+                                       rng=None, packed=self.packed, on_oversize=oversize)
         for group in batches:
             group = self._decode(group, counter)
             if not group:
@@ -465,7 +466,7 @@ def build_loader(shards: str | Sequence[str], *, mode: Literal["train", "val"] =
                  seed: int = 0, tokenizer_identity: dict | None = None,
                  acoustic_identity: dict | None = None, min_dur: float = 0.5, max_dur: float = 30.0,
                  frame_rate: float = 50.0, shuffle_buffer: int = 500, pool_batches: int | None = None,
-                 max_batch_size: int | None = None, batches_per_epoch: int | None = None,
+                 max_batch_size: int | None = None, packed: bool = False, batches_per_epoch: int | None = None,
                  rank: int | None = None, world_size: int | None = None,
                  required_json: Sequence[str] = REQUIRED_JSON, pin_memory: bool = False,
                  prefetch_factor: int | None = 2, persistent_workers: bool = False,
@@ -487,6 +488,8 @@ def build_loader(shards: str | Sequence[str], *, mode: Literal["train", "val"] =
             None: 64 for token-only fields (~2% padding at 10K tokens), 16 when raw audio is
             loaded (~7%; the pool holds the encoded audio of 16 batches per worker).
         max_batch_size: optional cap on samples per batch.
+        packed: count real frames against max_tokens (sum of lengths), for a model that packs its
+            batches (`model.net.packing=true`: padding costs no compute); False: padded area.
         batches_per_epoch: train only: batches per rank per epoch (None: endless).
         rank, world_size: override torch.distributed / RANK, WORLD_SIZE (resolved when iterated).
         required_json: json fields a sample must have.
@@ -512,7 +515,7 @@ def build_loader(shards: str | Sequence[str], *, mode: Literal["train", "val"] =
     urls = expand_shards(shards)
     ds = ShardStream(urls, mode=mode, fields=fields, max_tokens=max_tokens, min_dur=min_dur, max_dur=max_dur,
                      seed=seed, frame_rate=frame_rate, shuffle_buffer=shuffle_buffer, pool_batches=pool_batches,
-                     max_batch_size=max_batch_size, batches_per_epoch=batches_per_epoch if mode == "train" else None,
+                     max_batch_size=max_batch_size, packed=packed, batches_per_epoch=batches_per_epoch if mode == "train" else None,
                      tokenizer_identity=tokenizer_identity, acoustic_identity=acoustic_identity,
                      required_json=tuple(required_json), rank=rank, world_size=world_size, batch_stage=batch_stage)
     # Its own generator: starting an iterator (here: every validation pass) must not draw from the

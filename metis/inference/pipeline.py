@@ -32,6 +32,7 @@ from metis.inference.tasks import (S2A_1LAYER_DEFAULT, S2A_FULL_DEFAULT, SAMPLES
                                    STAGE1_DEFAULTS, TASKS, Request, S2ASettings, apply_overrides, chunk_starts, stitch,
                                    tts_target_len)
 from metis.models.decoding import DecodeConfig
+from metis.models.llama_nar import estimator_of
 
 ModelOrLoader = nn.Module | Callable[[], nn.Module]
 
@@ -83,6 +84,7 @@ class Pipeline:
         noise_device: where the per-item generators live; default cpu (as the reference draws), or the
             model device when fast.
         progress: show a tqdm bar in run().
+        compile: regional `torch.compile` of each model's estimator layers (`LlamaNAR.compile_layers`).
     """
 
     def __init__(self, stage1: Mapping[str, ModelOrLoader], s2a_1layer: ModelOrLoader, s2a_full: ModelOrLoader,
@@ -90,7 +92,7 @@ class Pipeline:
                  fast: bool = False, batch_size: int = 8, chunk_seconds: float = 20.0, overlap_seconds: float = 1.0,
                  stage1_settings: Mapping[str, Mapping[str, Any]] | None = None,
                  s2a_1layer_settings: Mapping[str, Any] | None = None, s2a_full_settings: Mapping[str, Any] | None = None,
-                 noise_device: str | torch.device | None = None, progress: bool = True):
+                 noise_device: str | torch.device | None = None, progress: bool = True, compile: bool = False):
         self.device = torch.device(device)
         self._stage1: dict[str, ModelOrLoader] = dict(stage1)
         unknown = sorted(set(self._stage1) - set(registry.TASKS))
@@ -110,6 +112,7 @@ class Pipeline:
             raise ValueError(f"overlap_seconds={overlap_seconds} must give at least 2 frames (40 ms) and less than chunk_seconds={chunk_seconds}")
         self.noise_device = torch.device(noise_device) if noise_device is not None else (self.device if fast else torch.device("cpu"))
         self.progress = progress
+        self.compile = compile
         self.stage1_settings: dict[str, DecodeConfig] = {}
         for task in TASKS:
             self.stage1_settings[task], _, _ = apply_overrides(STAGE1_DEFAULTS[task], S2A_1LAYER_DEFAULT, S2A_FULL_DEFAULT,
@@ -127,7 +130,10 @@ class Pipeline:
 
     def _ready(self, model_or_loader: ModelOrLoader) -> nn.Module:
         model = model_or_loader if isinstance(model_or_loader, nn.Module) else model_or_loader()
-        return model.to(self.device).eval().requires_grad_(False)
+        model = model.to(self.device).eval().requires_grad_(False)
+        if self.compile:
+            estimator_of(model).compile_layers()
+        return model
 
     def stage1_model(self, task: str) -> nn.Module:
         omni = "omni" in self._stage1 and task in registry.get("omni").serves

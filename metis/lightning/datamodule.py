@@ -25,6 +25,7 @@ from metis.conditions.builders import ConditionStage
 from metis.data.loader import build_loader
 from metis.data.shards import TOKENIZER_MEMBER, expand_shards
 from metis.lightning.fault_tolerance import EqualBatches
+from metis.models.llama_nar import estimator_of
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -34,7 +35,10 @@ class ShardDataModule(L.LightningDataModule):
         train_shards, val_shards: shard patterns (brace/glob/folder/URL); for the demo they are
             taken from the built corpus when left empty.
         codebook_size: size of the token vocabulary the shards hold (sizes the model's embedding).
-        max_tokens: frames per batch per device, padding included (the paper: ~10K).
+        max_tokens: frames per batch per device, padding included (the paper: ~10K); real frames only
+            when `packed`.
+        packed: budget real frames (sum of lengths) instead of the padded area; None: when the
+            trained net packs its batches (`model.net.packing` not "off": padding costs no compute).
         fields: what batches carry: "sem", "ac", "vis", "wav16", "wav24".
         tokenizer_identity: the identity of the tokenizer that must have made the shards; samples
             from another tokenizer are skipped and counted. For the demo it is read from the corpus.
@@ -54,7 +58,8 @@ class ShardDataModule(L.LightningDataModule):
                  min_dur: float = 0.5, max_dur: float = 30.0, shuffle_buffer: int = 500,
                  max_batch_size: int | None = None, tokenizer_identity: dict | None = None,
                  demo: dict | None = None, conditions: Any = None, cond_seed: int = 0,
-                 demo_split: str = "train", max_train_shards: int | None = None):
+                 demo_split: str = "train", max_train_shards: int | None = None,
+                 packed: bool | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["conditions"], logger=False)  # plain values only (weights_only loads)
         self.condition_stage = None if conditions is None else ConditionStage(conditions, cond_seed)
@@ -104,11 +109,16 @@ class ShardDataModule(L.LightningDataModule):
     def _loader(self, shards, mode: str, seed: int):
         h = self.hparams
         trainer = self.trainer
+        packed = h.packed
+        if packed is None:
+            module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+            packed = module is not None and estimator_of(module.net).packing != "off"
         return build_loader(
             shards, mode=mode, max_tokens=h.max_tokens if mode == "train" else (h.val_max_tokens or h.max_tokens),
             fields=tuple(h.fields), num_workers=h.num_workers if mode == "train" else h.val_num_workers,
             seed=seed, tokenizer_identity=self.tokenizer_identity, min_dur=h.min_dur, max_dur=h.max_dur,
             shuffle_buffer=h.shuffle_buffer, max_batch_size=h.max_batch_size, batch_stage=self.condition_stage,
+            packed=packed,
             rank=trainer.global_rank if trainer else None, world_size=trainer.world_size if trainer else None)
 
     def train_dataloader(self):

@@ -185,6 +185,8 @@ class FinetuneModule(MaskedGenerativeModule):
         loss, stats = masked_token_loss(out.logits, inputs.x0, out.final_mask)
         stats["mask_ratio"] = out.mask_prob.float().mean()
         stats["n_valid"] = inputs.x_mask.sum()
+        phones = 0 if inputs.phone_id is None else (inputs.phone_mask.sum(1) if inputs.phone_mask is not None else inputs.phone_id.shape[1])
+        stats["seq_lens"] = inputs.x_mask.sum(1) + phones
         for name, value in inputs.stats.items():
             stats[f"cond_{name}"] = torch.tensor(float(value))
         if baselines and self.baselines is not None:

@@ -12,7 +12,6 @@ also `ac` (b, t, 12) int64 acoustic tokens and `ac_mask`; without `sem`, raw `wa
 from __future__ import annotations
 
 import random
-import time
 from contextlib import contextmanager
 from typing import Any, Callable
 
@@ -25,6 +24,8 @@ from metis.lightning.baselines import MaskedBaselines
 from metis.lightning.fault_tolerance import NonFiniteGuard
 from metis.lightning.metrics import masked_token_loss
 from metis.lightning.strategies import optimizer_for_strategy
+from metis.lightning.throughput import per_token_matmul_params, training_flops
+from metis.models.llama_nar import estimator_of
 
 
 class MaskedGenerativeModule(L.LightningModule):
@@ -41,11 +42,14 @@ class MaskedGenerativeModule(L.LightningModule):
         tokenizer: frozen SpeechTokenizer used when batches carry raw audio instead of tokens.
         max_consecutive_nonfinite: a NaN/inf loss skips its step on every rank (counted as
             `train/nonfinite_skipped`); this many in a row stop the run naming the step (0: never).
+        compile: regional `torch.compile` of the estimator (each decoder layer, `LlamaNAR.compile_layers`).
+        fused_optimizer: on CUDA, torch Adam/AdamW run their fused single-kernel step (unless the
+            optimizer config sets `fused` or `foreach` itself).
     """
 
     def __init__(self, net: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
                  weight_decay_embeddings: bool = False, val_seed: int = 1234, tokenizer: Any = None,
-                 max_consecutive_nonfinite: int = 10):
+                 max_consecutive_nonfinite: int = 10, compile: bool = False, fused_optimizer: bool = True):
         super().__init__()
         # Only plain values go into the checkpoint's hparams: it must load with weights_only=True.
         self.save_hyperparameters(ignore=["net", "tokenizer", "optimizer", "scheduler"], logger=False)
@@ -56,7 +60,8 @@ class MaskedGenerativeModule(L.LightningModule):
         self.val_history: list[float] = []
         self.val_records: list[dict] = []  # per validation: step, training frames so far, the val/* metrics
         self.frames_seen = 0  # valid training frames processed (all ranks), kept across resumes
-        self._step_start: float | None = None
+        self.step_work: dict | None = None  # what the last training step did, for TrainThroughput
+        self._flop_shape: tuple[int, int, int] | None = None
         self.nonfinite_guard = NonFiniteGuard(max_consecutive_nonfinite)
         # trivial predictors scored on the validation masks (stage-1 token models; unigram counted in training)
         codebook = getattr(net, "cond_codebook_size", None)
@@ -68,12 +73,22 @@ class MaskedGenerativeModule(L.LightningModule):
         return batch
 
     def model_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """-> (loss, stats); stats carry `n_valid` (real frames) and `seq_lens` ((b,) tokens each
+        utterance puts through the estimator, prefix included), which are not logged."""
         raise NotImplementedError  # the subclasses (pre-training below, FinetuneModule) implement it
+
+    def step_flops(self, seq_lens: torch.Tensor) -> int:
+        """Model FLOPs of a training step over utterances of `seq_lens` tokens (`metis.lightning.throughput`)."""
+        if self._flop_shape is None:
+            est = estimator_of(self.net)
+            self._flop_shape = (per_token_matmul_params(self.net), len(est.layers), est.hidden_size)
+        return training_flops(*self._flop_shape, seq_lens.detach().cpu())
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         guard = self.nonfinite_guard
         loss, stats = self.model_step(self.prepare_batch(batch, "train"))
-        n_valid = stats.pop("n_valid")
+        n_valid, seq_lens = stats.pop("n_valid"), stats.pop("seq_lens")
+        self.step_work = {"samples": len(seq_lens), "frames": int(n_valid), "flops": self.step_flops(seq_lens)}
         log = dict(on_step=True, on_epoch=False, batch_size=int(stats["n_masked"].clamp(min=1)))
         if guard.check(loss, self.trainer.strategy, self.trainer.global_step):
             self.log("train/nonfinite_skipped", float(guard.skipped), **log)
@@ -90,21 +105,20 @@ class MaskedGenerativeModule(L.LightningModule):
         if skips is not None:
             for reason, count in skips.totals.items():
                 self.log(f"data/skipped_{reason}", float(count), **log)
-        if self._step_start is not None:
-            elapsed = time.perf_counter() - self._step_start
-            self.log("train/tokens_per_s", n_valid.float() * self.trainer.world_size / max(elapsed, 1e-9), prog_bar=True, **log)
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
         self.nonfinite_guard.drop_gradients(self)  # a NaN/inf loss in this window: no update
 
+    def configure_model(self) -> None:
+        if self.hparams.get("compile") and not getattr(self, "_compiled", False):
+            estimator_of(self.net).compile_layers()
+            self._compiled = True
+
     def on_fit_start(self) -> None:
         # The frozen tokenizer (on-the-fly tokenization) runs where the model runs.
         if self.tokenizer is not None and hasattr(self.tokenizer, "to"):
             self.tokenizer.to(self.device)
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._step_start = time.perf_counter()
 
     @contextmanager
     def val_rng(self, batch_idx: int):
@@ -118,7 +132,7 @@ class MaskedGenerativeModule(L.LightningModule):
         prepared = self.prepare_batch(batch, "val")
         with self.val_rng(batch_idx):
             loss, stats = self.model_step(prepared)
-        stats.pop("n_valid")
+        stats.pop("n_valid"), stats.pop("seq_lens")
         n = int(stats["n_masked"].clamp(min=1))
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
         for name, value in stats.items():
@@ -157,7 +171,10 @@ class MaskedGenerativeModule(L.LightningModule):
             wants_decay = p.dim() >= 2 and (not is_embedding or self.hparams.weight_decay_embeddings)
             (decay if wants_decay else no_decay).append(p)
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = self.optimizer_factory(params=[g for g in groups if g["params"]])
+        factory, chosen = self.optimizer_factory, getattr(self.optimizer_factory, "keywords", {}) or {}
+        fused = (self.hparams.get("fused_optimizer", True) and self.device.type == "cuda" and "fused" not in chosen
+                 and "foreach" not in chosen and getattr(factory, "func", None) in (torch.optim.Adam, torch.optim.AdamW))
+        optimizer = factory(params=[g for g in groups if g["params"]], **({"fused": True} if fused else {}))
         optimizer = optimizer_for_strategy(optimizer, self._trainer)  # ZeRO-Offload needs DeepSpeed's CPU Adam
         if self.scheduler_factory is None:
             return optimizer
@@ -236,7 +253,7 @@ class Stage1PretrainModule(MaskedGenerativeModule):
         out = self.net(tokens, mask)
         loss, stats = masked_token_loss(out.logits, tokens, out.final_mask)
         stats["mask_ratio"] = out.mask_prob.float().mean()
-        stats["n_valid"] = mask.sum()
+        stats["n_valid"], stats["seq_lens"] = mask.sum(), mask.sum(1)
         if self.training:
             self.baselines.observe(tokens, mask)
         else:
@@ -259,8 +276,13 @@ class S2APretrainModule(MaskedGenerativeModule):
         x0, cond = ac[:, :n, :nq], sem[:, :n]
         mask = ac_mask[:, :n] * sem_mask[:, :n]
         out = self.net(x0, mask, cond)
-        layer = int(out.mask_layer.reshape(-1)[0])
-        loss, stats = masked_token_loss(out.logits, x0[..., layer], out.final_mask)
-        stats[f"acc_top1_layer{layer}"] = stats["acc_top1"]
-        stats["n_valid"] = mask.sum()
+        layers = out.mask_layer.reshape(-1).expand(x0.shape[0])  # one layer per batch, or per utterance (packing="utterance")
+        target = x0.gather(-1, layers.to(x0.device)[:, None, None].expand(-1, n, 1))[..., 0]
+        loss, stats = masked_token_loss(out.logits, target, out.final_mask)
+        present = layers.unique().tolist()
+        for layer in present:  # one layer per batch (the reference) needs no second pass
+            rows = (layers == layer).to(out.final_mask.device)[:, None, None]
+            stats[f"acc_top1_layer{layer}"] = (stats["acc_top1"] if len(present) == 1 else
+                                               masked_token_loss(out.logits.detach(), target, out.final_mask * rows)[1]["acc_top1"])
+        stats["n_valid"], stats["seq_lens"] = mask.sum(), mask.sum(1)
         return loss, stats

@@ -8,11 +8,24 @@ Axes: b batch, t frames (or prefix + frames), d hidden size, h heads, e head dim
        └─ [cond_mlp(prefix) ; x]         prefix variant (T2S / Metis TTS)
     for each layer:  x += o_proj(attn(AdaRMS(x, c)));  x += mlp(AdaRMS(x, c))
     out = AdaRMS(x, c),  c = diff_step_mlp(sinusoid(t))  (one vector per sample)
+
+Attention over a padded batch takes one of three paths (`LlamaNAR.forward`):
+    no padding                    SDPA without a mask (flash / memory-efficient kernels are eligible)
+    padding, packing="off"        SDPA with an additive key mask; padded rows are computed (the reference)
+    padding, packing="compute"    the valid tokens of every row laid end to end in one row of N tokens
+                                  (`Packed`): block-diagonal attention (flash varlen on CUDA, one SDPA
+                                  per utterance elsewhere), adaptive-norm gains per utterance, nothing
+                                  computed on padding. RoPE positions stay those of the padded layout, so
+                                  every valid output equals the padded computation's (padded phone slots
+                                  keep taking positions, docs/reference.md Q19).
+    padding, packing="utterance"  the same, with RoPE positions counted inside each utterance's valid
+                                  tokens: each utterance gets exactly what it would get alone.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -47,12 +60,15 @@ class AdaptiveRMSNorm(nn.Module):
         self.to_weight = nn.Linear(dim, dim)
         self.eps = eps
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """x (b, t, d), c (b, d) -> (b, t, d)."""
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (self.to_weight(c)[:, None, :] * x.to(dtype)).to(dtype)
+    def forward(self, x: torch.Tensor, c: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x (b, t, d), c (b, d) -> (b, t, d); packed: x (1, N, d), rows (N,) the sample of each token.
+
+        torch's fused rms_norm accumulates in fp32 inside the kernel, so bf16 activations need no
+        fp32 copy of x (tests/models/test_packing.py bounds the bf16 difference).
+        """
+        gain = self.to_weight(c)  # (b, d), once per sample
+        gain = gain[:, None, :] if rows is None else gain[rows][None]
+        return (gain * F.rms_norm(x, (x.shape[-1],), eps=self.eps)).to(x.dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -68,10 +84,9 @@ class RotaryEmbedding(nn.Module):
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # not in the published state_dict
 
-    def forward(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> cos, sin of shape (t, e)."""
-        pos = torch.arange(length, device=device, dtype=torch.float32)
-        angles = pos[:, None] * self.inv_freq.to(device)[None, :]
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (t,) -> cos, sin of shape (t, e)."""
+        angles = positions.float()[:, None] * self.inv_freq.to(positions.device)[None, :]
         emb = torch.cat([angles, angles], dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -86,15 +101,88 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(dim, dim, bias=False)
         self.o_proj = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
-        """x (b, t, d); cos/sin (t, e); key_bias (b, 1, 1, t) additive, 0 or dtype-min -> (b, t, d)."""
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attn: "torch.Tensor | Packed | None") -> torch.Tensor:
+        """x (b, t, d); cos/sin (t, e); attn: None (no padding), a (b, 1, 1, t) additive key bias
+        (0 or dtype-min), or the `Packed` layout of a (1, N, d) x -> (b, t, d)."""
         b, t, d = x.shape
         q, k, v = (p(x).view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
         q = q * cos + rotate_half(q) * sin  # (b, h, t, e)
         k = k * cos + rotate_half(k) * sin
-        # Non-causal: every query sees every valid key; padded query rows are computed, never masked.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias)
+        if isinstance(attn, Packed):
+            y = block_diagonal_attention(q[0], k[0], v[0], attn)[None]
+        else:
+            # Non-causal: every query sees every valid key; padded query rows are computed, never masked.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class Packed(NamedTuple):
+    """The valid tokens of a padded (b, l) batch laid end to end in one row of N tokens.
+
+    index (N,) flat positions b_i * l + j of the valid tokens, row-major; rows (N,) the sample of each
+    token; positions (N,) its position inside its own utterance; cu_seqlens (b + 1,) int32 offsets of
+    the utterances; lengths the b utterance lengths (host ints); max_len their maximum.
+    """
+
+    index: torch.Tensor
+    rows: torch.Tensor
+    positions: torch.Tensor
+    cu_seqlens: torch.Tensor
+    lengths: tuple[int, ...]
+    max_len: int
+
+    @classmethod
+    def of(cls, valid: torch.Tensor, utterance_positions: bool = True) -> "Packed":
+        """valid (b, l) bool -> the packed layout; the valid tokens of a row keep their order.
+        Positions count valid tokens within each row, or (utterance_positions=False) are the
+        tokens' indices in the padded row."""
+        b, l = valid.shape
+        index = valid.reshape(-1).nonzero()[:, 0]
+        rows = torch.div(index, l, rounding_mode="floor")
+        positions = (valid.long().cumsum(1) - 1).reshape(-1)[index] if utterance_positions else index - rows * l
+        lengths = valid.sum(1)
+        cu = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+        host = tuple(int(n) for n in lengths.tolist())
+        return cls(index, rows, positions, cu, host, max(host) if host else 0)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(b, l, ...) -> (1, N, ...)."""
+        return x.reshape(-1, *x.shape[2:])[self.index][None]
+
+    def unpack(self, y: torch.Tensor, b: int, l: int) -> torch.Tensor:
+        """(1, N, ...) -> (b, l, ...), zeros where the batch had padding."""
+        out = y.new_zeros(b * l, *y.shape[2:])
+        return out.index_copy(0, self.index, y[0]).view(b, l, *y.shape[2:])
+
+
+def block_diagonal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: Packed) -> torch.Tensor:
+    """Attention inside each utterance of a packed row: q, k, v (h, N, e) -> (h, N, e).
+
+    CUDA half precision: flash variable-length attention over `cu_seqlens`, one kernel for the row.
+    Otherwise one SDPA per utterance (no mask, no compute across utterances).
+    """
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _varlen_attn is not None:
+        y = _varlen_attn(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), packed.cu_seqlens, packed.cu_seqlens,
+                         packed.max_len, packed.max_len)  # (N, h, e)
+        return y.transpose(0, 1)
+    return _per_utterance_sdpa(q, k, v, packed.lengths)
+
+
+@torch.compiler.disable  # a Python loop over utterances: runs eager inside a compiled layer
+def _per_utterance_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
+    outs, start = [], 0
+    for n in lengths:
+        s = slice(start, start + n)
+        outs.append(F.scaled_dot_product_attention(q[None, :, s], k[None, :, s], v[None, :, s])[0])
+        start += n
+    return torch.cat(outs, dim=1)
+
+
+try:  # torch >= 2.9 on CUDA: flash attention over cumulative sequence offsets
+    from torch.nn.attention.varlen import varlen_attn as _varlen_attn
+except ImportError:  # pragma: no cover - older torch: the per-utterance path
+    _varlen_attn = None
 
 
 class SwiGLU(nn.Module):
@@ -116,9 +204,13 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = AdaptiveRMSNorm(dim)
         self.post_attention_layernorm = AdaptiveRMSNorm(dim)
 
-    def forward(self, x, c, cos, sin, key_bias):
-        x = x + self.self_attn(self.input_layernorm(x, c), cos, sin, key_bias)
-        return x + self.mlp(self.post_attention_layernorm(x, c))
+    def forward(self, x, c, cos, sin, attn):
+        rows = attn.rows if isinstance(attn, Packed) else None
+        x = x + self.self_attn(self.input_layernorm(x, c, rows), cos, sin, attn)
+        return x + self.mlp(self.post_attention_layernorm(x, c, rows))
+
+
+PACKING = ("off", "compute", "utterance")
 
 
 class LlamaNAR(nn.Module):
@@ -130,10 +222,13 @@ class LlamaNAR(nn.Module):
         vestigial_embed_tokens: keep S2A's zero-size `embed_tokens.weight` [0, 256] key (docs/reference.md Q14) so
             that the released S2A files load strictly; it is never used.
         gradient_checkpointing: recompute each layer in backward (saves activation memory).
+        packing: how a batch with padding runs (module docstring): "off" (the reference's padded
+            computation), "compute" (packed, no compute on padding, the same outputs as "off") or
+            "utterance" (packed, each utterance as if alone: its frames follow its own valid phones).
     """
 
     def __init__(self, hidden_size: int, num_layers: int, num_heads: int, use_cond_mlp: bool = False,
-                 vestigial_embed_tokens: bool = False, gradient_checkpointing: bool = False):
+                 vestigial_embed_tokens: bool = False, gradient_checkpointing: bool = False, packing: str = "off"):
         super().__init__()
         d = hidden_size
         self.layers = nn.ModuleList(DecoderLayer(d, num_heads) for _ in range(num_layers))
@@ -144,6 +239,16 @@ class LlamaNAR(nn.Module):
         self.rotary = RotaryEmbedding(d // num_heads)
         self.hidden_size = d
         self.gradient_checkpointing = gradient_checkpointing
+        if packing not in PACKING:
+            raise ValueError(f"packing must be one of {PACKING}, got {packing!r}")
+        self.packing = packing
+
+    def compile_layers(self, **options) -> None:
+        """Regional compilation: each decoder layer compiled in place (one graph reused by every layer,
+        dynamic in the sequence length); `options` go to `torch.compile`."""
+        options.setdefault("dynamic", True)
+        for layer in self.layers:
+            layer.compile(**options)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, x_mask: torch.Tensor | None = None,
                 cond: torch.Tensor | None = None, prefix: torch.Tensor | None = None,
@@ -155,9 +260,10 @@ class LlamaNAR(nn.Module):
             cond: (b, t, d) frame-aligned condition, added through cond_mlp (S2A).
             prefix: (b, p, d) prefix embedding (phones), passed through cond_mlp and prepended;
                 p = 0 behaves exactly like no prefix (the CFG unconditional branch).
-            prefix_mask: (b, p) validity of the prefix (padded phone slots still take RoPE positions, docs/reference.md Q19).
+            prefix_mask: (b, p) validity of the prefix (padded phone slots still take RoPE positions
+                unless packing="utterance", docs/reference.md Q19).
         Returns:
-            (b, t, d) hidden states for the x positions only.
+            (b, t, d) hidden states for the x positions only (zeros at padded frames when packed).
         """
         b, n, _ = x.shape
         if x_mask is None:
@@ -175,16 +281,30 @@ class LlamaNAR(nn.Module):
             x_mask = torch.cat([prefix_mask.to(x_mask.dtype), x_mask], dim=1)
 
         c = self.diff_step_mlp(sinusoidal_embedding(t, self.hidden_size).to(x.dtype))  # (b, d)
-        cos, sin = self.rotary(x.shape[1], x.device, x.dtype)
-        key_bias = torch.zeros(x_mask.shape, dtype=x.dtype, device=x.device)
-        key_bias = key_bias.masked_fill(x_mask == 0, torch.finfo(x.dtype).min)[:, None, None, :]  # (b, 1, 1, t)
+        valid = x_mask != 0
+        l = x.shape[1]
+        packed = None
+        if bool(valid.all()):
+            attn = None  # nothing to mask: SDPA may pick a flash kernel
+            cos, sin = self.rotary(torch.arange(l, device=x.device), x.dtype)
+        elif self.packing != "off":
+            attn = packed = Packed.of(valid, utterance_positions=self.packing == "utterance")
+            x = packed.pack(x)  # (1, N, d)
+            cos, sin = self.rotary(packed.positions, x.dtype)
+        else:
+            attn = torch.zeros(x_mask.shape, dtype=x.dtype, device=x.device)
+            attn = attn.masked_fill(~valid, torch.finfo(x.dtype).min)[:, None, None, :]  # (b, 1, 1, t)
+            cos, sin = self.rotary(torch.arange(l, device=x.device), x.dtype)
 
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, c, cos, sin, key_bias, use_reentrant=False)
+                x = checkpoint(layer, x, c, cos, sin, attn, use_reentrant=False)
             else:
-                x = layer(x, c, cos, sin, key_bias)
-        return self.norm(x, c)[:, p:]
+                x = layer(x, c, cos, sin, attn)
+        x = self.norm(x, c, None if packed is None else packed.rows)
+        if packed is not None:
+            x = packed.unpack(x, b, l)
+        return x[:, p:]
 
     def reset_parameters(self, std: float = 0.02, norm_init: str = "reference") -> None:
         """Fresh init for training from scratch: every Linear N(0, std) with zero bias.
@@ -210,3 +330,11 @@ class LlamaNAR(nn.Module):
             if isinstance(m, AdaptiveRMSNorm):
                 nn.init.zeros_(m.to_weight.weight)
                 nn.init.ones_(m.to_weight.bias)
+
+
+def estimator_of(net: nn.Module) -> LlamaNAR:
+    """The LlamaNAR inside a MetisStage1 / MaskGCTS2A (plain or wrapped by peft)."""
+    found = next((m for m in net.modules() if isinstance(m, LlamaNAR)), None)
+    if found is None:
+        raise ValueError(f"{type(net).__name__} holds no LlamaNAR estimator")
+    return found

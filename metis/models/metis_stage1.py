@@ -31,6 +31,23 @@ from metis.models.llama_nar import LlamaNAR, two_layer_mlp
 NO_ADAPTER_FT_TYPES = (None, "tts")  # the released configs' rule: every other ft_type carries cond_adapter
 
 
+def per_utterance_prompt_len(lengths: torch.Tensor, cfg_scale: float, max_ratio: float) -> torch.Tensor:
+    """Prompt lengths drawn per utterance, as a batch of one draws them: with probability cfg_scale no
+    prompt (the unconditional case), else U[min(T//4, 5), int(max_ratio · T)) from the utterance's own
+    length T. lengths (b,) long -> (b,) long. Draws: rand (b,) for dropout, rand (b,) for the length."""
+    device = lengths.device
+    keep = torch.rand(lengths.shape[0]).to(device) > cfg_scale
+    low = torch.clamp(lengths // 4, max=5)
+    high = (lengths.double() * max_ratio).long()
+    bad = keep & (high <= low)
+    if bool(bad.any()):
+        raise ValueError(f"cannot draw a prompt length in [min(T//4, 5), int({max_ratio} T)) for utterances of "
+                         f"{lengths[bad].tolist()} frames (too short to hold a prompt)")
+    u = torch.rand(lengths.shape[0]).to(device)
+    drawn = torch.minimum(low + (u * (high - low)).long(), high - 1)
+    return torch.where(keep, drawn, torch.zeros_like(lengths))
+
+
 class SimpleAdapter(nn.Module):
     """Zero-gated feature adapter: a(f) = gate_scale · out_linear(SiLU(in_linear(f))).
 
@@ -55,6 +72,7 @@ class Stage1Output(NamedTuple):
     x0: torch.Tensor  # (b, t) target ids
     prompt_len: torch.Tensor  # (b,) long
     mask_prob: torch.Tensor  # (b,) mask ratio used per sample
+    t: torch.Tensor  # (b,) mask time per sample
 
 
 class MetisStage1(nn.Module):
@@ -76,13 +94,20 @@ class MetisStage1(nn.Module):
         norm_init: from-scratch init of the adaptive-norm gains: "reference" (≈0, as the released code
             ends up with, docs/reference.md Q1) or "unit" (the intended 1; trains faster from scratch). Irrelevant when
             a checkpoint is loaded.
+        packing: "off" (the reference's padded computation), "compute" (the estimator and the head
+            run on valid frames only, `LlamaNAR`; the same maths as "off", no compute on padding) or
+            "utterance" (packed, and each utterance trained exactly as if alone in its batch: prompt
+            dropout and prompt length drawn per utterance from its own length, RoPE positions inside
+            the utterance). "off" and "compute" keep the reference's batch-coupled draws (one
+            prompt-dropout draw per batch, prompt lengths bounded by the padded length, docs/reference.md Q4).
     """
 
     def __init__(self, hidden_size: int = 1536, num_layers: int = 16, num_heads: int = 16,
                  cond_codebook_size: int = 8192, cfg_scale: float = 0.15, use_phone_cond: bool = False,
                  ft_type: str | None = None, cond_dim: int = 1024, use_zero_gate_adapter: bool | None = None,
                  phone_vocab_size: int = 1024, phone_pad_id: int = 1023, mask_prob_floor: float = 0.2,
-                 prompt_max_ratio: float = 0.4, gradient_checkpointing: bool = False, norm_init: str = "reference"):
+                 prompt_max_ratio: float = 0.4, gradient_checkpointing: bool = False, norm_init: str = "reference",
+                 packing: str = "off"):
         super().__init__()
         if ft_type is not None and (not isinstance(ft_type, str) or not ft_type):
             raise ValueError(f"ft_type must be None or a task name, got {ft_type!r}")
@@ -101,13 +126,17 @@ class MetisStage1(nn.Module):
         self.to_logit = nn.Linear(d, cond_codebook_size)
         self.phone_emb = nn.Embedding(phone_vocab_size, d, padding_idx=phone_pad_id) if use_phone_cond else None
         self.diff_estimator = LlamaNAR(d, num_layers, num_heads, use_cond_mlp=use_phone_cond,
-                                       gradient_checkpointing=gradient_checkpointing)
+                                       gradient_checkpointing=gradient_checkpointing, packing=packing)
         self.cond_adapter = None
         if ft_type not in NO_ADAPTER_FT_TYPES:
             zero_gate = (ft_type != "l2s") if use_zero_gate_adapter is None else use_zero_gate_adapter
             self.cond_adapter = SimpleAdapter(cond_dim, d) if zero_gate else two_layer_mlp(cond_dim, 4 * d, d)
         self.norm_init = norm_init
         self.reset_parameters()
+
+    @property
+    def packing(self) -> str:
+        return self.diff_estimator.packing
 
     @property
     def gradient_checkpointing(self) -> bool:
@@ -159,20 +188,28 @@ class MetisStage1(nn.Module):
 
     # ---------------------------------------------------------------- training
 
-    def forward_diffusion(self, x0: torch.Tensor, t: torch.Tensor, prompt_len: torch.Tensor | None = None):
+    def forward_diffusion(self, x0: torch.Tensor, t: torch.Tensor, prompt_len: torch.Tensor | None = None,
+                          x_mask: torch.Tensor | None = None):
         """Corrupt x0 at mask time t (docs/reference.md §2.3), drawing from torch's global RNG in the reference's order:
         [u (1,) for prompt dropout, randint (b,) prompt lengths — both only without prompt_len], then a
-        Bernoulli (b, t) mask.
+        Bernoulli (b, t) mask. With packing="utterance" (x_mask given), per utterance: u (b,) and prompt lengths
+        U[min(T_i//4, 5), int(ratio · T_i)) from each utterance's own length T_i; padding is never masked.
 
         Args:
             x0: (b, t) ids; t: (b,) mask time in [0, 1].
             prompt_len: (b,) caller-chosen prompt lengths (Metis); None draws them as the reference does.
+            x_mask: (b, t) validity; only used with packing="utterance".
         Returns:
             xt (b, t, d), t (b,), mask (b, t, 1) float (1 = masked), prompt_len (b,) long, mask_prob (b,).
         """
         b, n = x0.shape
         mask_prob = torch.sin(t * math.pi / 2).clamp(min=self.mask_prob_floor)  # (b,)
-        if prompt_len is None:
+        lengths = None
+        if self.packing == "utterance" and x_mask is not None:
+            lengths = x_mask.sum(1).long()
+        if prompt_len is None and lengths is not None:
+            prompt_len = per_utterance_prompt_len(lengths, self.cfg_scale, self.prompt_max_ratio)
+        elif prompt_len is None:
             # One draw per batch: with probability cfg_scale the whole batch is unconditional.
             if torch.rand(1) > self.cfg_scale:
                 low, high = min(n // 4, 5), int(n * self.prompt_max_ratio)  # min, not max: reference quirk (docs/reference.md Q4)
@@ -191,8 +228,10 @@ class MetisStage1(nn.Module):
         mask = torch.bernoulli(torch.ones(b, n, device=x0.device) * mask_prob[:, None].to(x0.device))
         is_prompt = torch.arange(n, device=x0.device)[None, :] < prompt_len[:, None]
         mask = mask.masked_fill(is_prompt, 0)
+        if lengths is not None:
+            mask = mask * x_mask.to(mask.dtype)
         # A row with nothing masked gets its first frame after the prompt masked, even if that
-        # frame is padding (docs/reference.md Q5).
+        # frame is padding (docs/reference.md Q5; never padding per utterance: prompt_len < T_i).
         empty = (mask.sum(dim=1) == 0).nonzero()[:, 0]
         mask[empty, prompt_len[empty]] = 1
         mask = mask[..., None]
@@ -212,12 +251,24 @@ class MetisStage1(nn.Module):
             Stage1Output; the loss (cross-entropy where final_mask = 1) is left to the trainer.
         """
         t = torch.rand(x0.shape[0], device=x0.device).clamp(1e-5, 1.0)
-        xt, t, mask, prompt_len, mask_prob = self.forward_diffusion(x0, t, prompt_len)
+        xt, t, mask, prompt_len, mask_prob = self.forward_diffusion(x0, t, prompt_len, x_mask)
+        logits = self.logits(xt, t, x_mask, phone_id, phone_mask, finetune_cond)
+        final_mask = mask * x_mask[..., None].to(mask.dtype)
+        return Stage1Output(logits, final_mask, x0, prompt_len, mask_prob, t)
+
+    def logits(self, xt: torch.Tensor, t: torch.Tensor, x_mask: torch.Tensor, phone_id: torch.Tensor | None = None,
+               phone_mask: torch.Tensor | None = None, finetune_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The prediction of a corrupted batch: xt (b, t, d), t (b,), x_mask (b, t) -> logits (b, t, v).
+        When packed, padded frames get zero logits (the head runs on valid frames only)."""
         if finetune_cond is not None:
             xt = xt + self.adapter(finetune_cond)
         embeds = self.diff_estimator(xt, t, x_mask, prefix=self.phone_prefix(phone_id), prefix_mask=phone_mask)
-        final_mask = mask * x_mask[..., None].to(mask.dtype)
-        return Stage1Output(self.to_logit(embeds), final_mask, x0, prompt_len, mask_prob)
+        valid = x_mask != 0
+        if self.packing == "off" or bool(valid.all()):
+            return self.to_logit(embeds)
+        logits = embeds.new_zeros(*embeds.shape[:2], self.cond_codebook_size)
+        logits[valid] = self.to_logit(embeds[valid])
+        return logits
 
     # ---------------------------------------------------------------- inference
 

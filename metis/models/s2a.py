@@ -25,6 +25,7 @@ from torch import nn
 from metis.models.decoding import (DecodeConfig, Packer, UniformNoise, autocast, cfg_combine, guided_passes,
                                    masked_decode, pad_rows, segment, valid_mask)
 from metis.models.llama_nar import LlamaNAR
+from metis.models.metis_stage1 import per_utterance_prompt_len
 
 MASK_LAYER_SCHEDULES = ("linear", "uniform", "cosine")
 
@@ -33,11 +34,12 @@ class S2AOutput(NamedTuple):
     """What `MaskGCTS2A.forward` returns; the loss is CE of `logits` vs x0[..., mask_layer] where final_mask = 1."""
 
     logits: torch.Tensor  # (b, t, v) for layer mask_layer
-    mask_layer: torch.Tensor  # (1,) long, the layer L predicted in this batch
+    mask_layer: torch.Tensor  # (1,) long, the layer L predicted in this batch; (b,) one per utterance (packing="utterance")
     final_mask: torch.Tensor  # (b, t, 1) masked and not padding
     x0: torch.Tensor  # (b, t, q) the clean codes
     prompt_len: torch.Tensor  # (b,) long
     mask_prob: torch.Tensor  # (b,) mask ratio sin(pi t / 2)
+    t: torch.Tensor  # (b,) mask time
 
 
 class MaskGCTS2A(nn.Module):
@@ -56,12 +58,18 @@ class MaskGCTS2A(nn.Module):
         gradient_checkpointing: recompute estimator layers in backward.
         norm_init: from-scratch init of the adaptive-norm gains: "reference" (≈0, docs/reference.md Q1) or "unit" (the
             intended 1; trains faster from scratch). Irrelevant when loading a checkpoint.
+        packing: "off" (the reference's padded computation), "compute" (packed estimator, no compute
+            on padding, the same maths) or "utterance" (packed, and each utterance trained as if alone:
+            trained layer, prompt dropout and prompt length drawn per utterance from its own length,
+            heads on valid frames only). "off" and "compute" keep the reference's one layer and one
+            dropout draw per batch, prompt bounds from the padded length (docs/reference.md Q4).
     """
 
     def __init__(self, num_quantizer: int = 12, hidden_size: int = 1024, num_layers: int = 16, num_heads: int = 16,
                  codebook_size: int = 1024, cfg_scale: float = 0.15, mask_layer_schedule: str = "linear",
                  cond_codebook_size: int = 8192, cond_dim: int = 1024, predict_layer_1: bool = True,
-                 prompt_max_ratio: float = 0.5, gradient_checkpointing: bool = False, norm_init: str = "reference"):
+                 prompt_max_ratio: float = 0.5, gradient_checkpointing: bool = False, norm_init: str = "reference",
+                 packing: str = "off"):
         super().__init__()
         if mask_layer_schedule not in MASK_LAYER_SCHEDULES:
             raise ValueError(f"mask_layer_schedule={mask_layer_schedule!r}; expected one of {MASK_LAYER_SCHEDULES}")
@@ -85,9 +93,13 @@ class MaskGCTS2A(nn.Module):
         self.cond_emb = nn.Embedding(cond_codebook_size, d)
         # Condition variant of the estimator; keeps the zero-size `embed_tokens.weight` key (docs/reference.md Q14).
         self.diff_estimator = LlamaNAR(d, num_layers, num_heads, use_cond_mlp=True, vestigial_embed_tokens=True,
-                                       gradient_checkpointing=gradient_checkpointing)
+                                       gradient_checkpointing=gradient_checkpointing, packing=packing)
         self.norm_init = norm_init
         self.reset_parameters()
+
+    @property
+    def packing(self) -> str:
+        return self.diff_estimator.packing
 
     def reset_parameters(self, std: float = 0.02) -> None:
         """Fresh init as the reference ends up with: embeddings and Linears N(0, std), biases 0 (docs/reference.md Q1, Q3);
@@ -124,11 +136,11 @@ class MaskGCTS2A(nn.Module):
         w = torch.tensor(w, dtype=torch.float32)
         return w / w.sum()
 
-    def sample_mask_layer(self) -> torch.Tensor:
-        """(1,) long layer index for this batch, drawn from torch's global RNG as the reference does."""
+    def sample_mask_layer(self, n: int = 1) -> torch.Tensor:
+        """(n,) long layer indices (n = 1: one for the batch, as the reference draws it from torch's global RNG)."""
         if self.mask_layer_schedule == "uniform":
-            return torch.randint(0 if self.predict_layer_1 else 1, self.num_quantizer, (1,))
-        return torch.multinomial(self.layer_weights(), 1)
+            return torch.randint(0 if self.predict_layer_1 else 1, self.num_quantizer, (n,))
+        return torch.multinomial(self.layer_weights(), n, replacement=n > 1)
 
     def embed_input(self, x0: torch.Tensor, mask: torch.Tensor, mask_layer: int | torch.Tensor,
                     prompt_len: torch.Tensor) -> torch.Tensor:
@@ -136,12 +148,15 @@ class MaskGCTS2A(nn.Module):
 
         Args:
             x0: (b, t, q) long codes. mask: (b, t, 1) 1 where layer L is masked.
-            mask_layer: L, an int or a (1,) tensor. prompt_len: (b,) frames [0, prompt_len) are prompt.
+            mask_layer: L, an int or a (1,) tensor, or (b,) one layer per row (packing="utterance").
+            prompt_len: (b,) frames [0, prompt_len) are prompt.
         Returns:
             xt (b, t, d).
         """
-        layer = int(mask_layer)
         b, n, _ = x0.shape
+        if torch.is_tensor(mask_layer) and mask_layer.numel() > 1:
+            return self._embed_input_per_row(x0, mask, mask_layer, prompt_len)
+        layer = int(mask_layer)
         is_prompt = (torch.arange(n, device=x0.device)[None, :] < prompt_len.to(x0.device)[:, None])[..., None]  # (b, t, 1)
         is_prompt = is_prompt.to(self.mask_emb.weight.dtype)
         mask = mask.to(self.mask_emb.weight.dtype)
@@ -157,20 +172,49 @@ class MaskGCTS2A(nn.Module):
                 xt = xt + is_prompt * e + (1 - is_prompt) * mask_token
         return xt
 
-    def forward_diffusion(self, x0: torch.Tensor, t: torch.Tensor):
+    def _embed_input_per_row(self, x0, mask, layers, prompt_len) -> torch.Tensor:
+        """`embed_input` with layer L_r for row r (layers (b,)); each row's sum is the same as alone."""
+        b, n, _ = x0.shape
+        dtype = self.mask_emb.weight.dtype
+        is_prompt = (torch.arange(n, device=x0.device)[None, :] < prompt_len.to(x0.device)[:, None])[..., None].to(dtype)
+        mask = mask.to(dtype)
+        mask_token = self.mask_emb.weight[0]
+        lay = layers.to(x0.device)[:, None, None]  # (b, 1, 1)
+        xt = torch.zeros(b, n, self.hidden_size, dtype=dtype, device=x0.device)
+        for q, emb in enumerate(self.token_emb):
+            e = emb(x0[:, :, q])
+            at = mask * mask_token + (1 - mask) * e
+            above = is_prompt * e + (1 - is_prompt) * mask_token
+            xt = xt + torch.where(lay > q, e, torch.where(lay == q, at, above))
+        return xt
+
+    def forward_diffusion(self, x0: torch.Tensor, t: torch.Tensor, x_mask: torch.Tensor | None = None):
         """Corrupt one layer of x0 at mask time t.
 
         RNG order (matches the reference's global-RNG draws): layer (multinomial / randint), one
         batch scalar rand(1) for prompt dropout, randint prompt lengths (only if kept), Bernoulli mask.
 
+        With packing="utterance" (x_mask given): per utterance, layer (b,), dropout rand (b,), prompt length from
+        the utterance's own length, then the Bernoulli mask; padding is never masked.
+
         Args:
-            x0: (b, t, q) long codes. t: (b,) mask time in (0, 1].
+            x0: (b, t, q) long codes. t: (b,) mask time in (0, 1]. x_mask: (b, t) validity (packing="utterance" only).
         Returns:
-            xt (b, t, d), t (b,), mask_layer (1,), mask (b, t, 1), prompt_len (b,), mask_prob (b,).
+            xt (b, t, d), t (b,), mask_layer (1,) or (b,), mask (b, t, 1), prompt_len (b,), mask_prob (b,).
         """
         b, n, nq = x0.shape
         if nq != self.num_quantizer:
             raise ValueError(f"x0 has {nq} codec layers, model has num_quantizer={self.num_quantizer}")
+        if self.packing == "utterance" and x_mask is not None:
+            mask_layer = self.sample_mask_layer(b).to(x0.device)
+            mask_prob = torch.sin(t * math.pi / 2)
+            prompt_len = per_utterance_prompt_len(x_mask.sum(1).long(), self.cfg_scale, self.prompt_max_ratio)
+            mask = torch.bernoulli(torch.ones(b, n, device=x0.device) * mask_prob[:, None].float())
+            mask = mask.masked_fill(torch.arange(n, device=x0.device)[None, :] < prompt_len[:, None], 0) * x_mask
+            empty = mask.sum(dim=1) == 0
+            mask[empty, prompt_len[empty]] = 1
+            mask = mask[..., None]
+            return self.embed_input(x0, mask, mask_layer, prompt_len), t, mask_layer, mask, prompt_len, mask_prob
         hi = int(n * self.prompt_max_ratio)  # n // 2 at the reference's 0.5; bounds use the padded length (docs/reference.md Q4)
         lo = min(n // 4, 5)  # min, not max, as in the reference (docs/reference.md Q4)
         if hi <= lo:
@@ -194,11 +238,22 @@ class MaskGCTS2A(nn.Module):
         xt = self.embed_input(x0, mask, mask_layer, prompt_len)
         return xt, t, mask_layer, mask, prompt_len, mask_prob
 
-    def layer_logits(self, xt: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, layer: int,
+    def layer_logits(self, xt: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, layer: int | torch.Tensor,
                      x_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Estimator + head for layer L: xt (b, t, d), t (b,), cond (b, t, d) -> logits (b, t, v)."""
-        cond = cond + self.layer_emb.weight[layer]  # same layer vector on every frame
-        return self.to_logits[layer](self.diff_estimator(xt, t, x_mask, cond=cond))
+        """Estimator + head for layer L: xt (b, t, d), t (b,), cond (b, t, d) -> logits (b, t, v).
+
+        layer: an int, or (b,) one layer per row (packing="utterance": each row gets its layer embedding and head,
+        heads run on valid frames only, padded frames get zero logits)."""
+        if not torch.is_tensor(layer) or layer.numel() == 1:
+            cond = cond + self.layer_emb.weight[int(layer)]  # same layer vector on every frame
+            return self.to_logits[int(layer)](self.diff_estimator(xt, t, x_mask, cond=cond))
+        h = self.diff_estimator(xt, t, x_mask, cond=cond + self.layer_emb(layer)[:, None, :])
+        valid = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if x_mask is None else x_mask != 0
+        logits = h.new_zeros(*h.shape[:2], self.codebook_size)
+        for q in layer.unique().tolist():
+            sel = valid & (layer == q)[:, None]
+            logits[sel] = self.to_logits[q](h[sel])
+        return logits
 
     def forward(self, x0: torch.Tensor, x_mask: torch.Tensor, cond_code: torch.Tensor) -> S2AOutput:
         """Training step: x0 (b, t, q) codes, x_mask (b, t) 1 = valid, cond_code (b, t) semantic ids."""
@@ -208,10 +263,10 @@ class MaskGCTS2A(nn.Module):
             raise ValueError(f"cond_code {tuple(cond_code.shape)} and x_mask {tuple(x_mask.shape)} must be (b, t) = {tuple(x0.shape[:2])}")
         cond = self.cond_emb(cond_code)  # (b, t, d)
         t = torch.rand(x0.shape[0], device=x0.device).clamp(1e-5, 1.0)
-        xt, t, mask_layer, mask, prompt_len, mask_prob = self.forward_diffusion(x0, t)
-        logits = self.layer_logits(xt, t, cond, int(mask_layer), x_mask)
+        xt, t, mask_layer, mask, prompt_len, mask_prob = self.forward_diffusion(x0, t, x_mask)
+        logits = self.layer_logits(xt, t, cond, mask_layer if mask_layer.numel() > 1 else int(mask_layer), x_mask)
         final_mask = mask * x_mask[..., None].to(mask.dtype)
-        return S2AOutput(logits, mask_layer, final_mask, x0, prompt_len, mask_prob)
+        return S2AOutput(logits, mask_layer, final_mask, x0, prompt_len, mask_prob, t)
 
     # ----------------------------------------------------------------------------------------------
     # inference (docs/reference.md §3.4)
