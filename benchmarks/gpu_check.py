@@ -10,9 +10,19 @@ Rows (synthetic SSL tokens, 10K tokens per GPU per step = `--batch` x `--frames`
     zero2_ckpt       the same with gradient checkpointing on (activation memory <-> recompute)
     lora_r32         peft LoRA r=32 (alpha 64) on the 7 projections of every layer, base frozen,
                      plain torch bf16 autocast + AdamW over the LoRA tensors
+    torch            plain torch: bf16 autocast, fused AdamW, no mask (no padding: flash-eligible SDPA)
+    compiled         the same with regional compile (`LlamaNAR.compile_layers`, one graph per layer)
+    padded, packed   variable-length utterances (log-normal ~6 s, <= `--frames`) filling the same token
+                     budget: packing="off" (padded batch, additive key mask) vs packing="compute"
+                     (packed row, flash varlen attention, nothing computed on padding); tokens/s counts
+                     real frames in both
+    decode           fast stage-1 decoding (batched CFG, bf16) of 350 frames after a 150-frame prompt,
+                     25 steps, CFG 2.5, at batch 1 and 16, with and without regional compile; RTF and
+                     token agreement with faithful fp32 decoding
 
 Per row: tokens/s (timed steps after `--warmup`), step time, peak GPU memory
-(torch.cuda.max_memory_allocated), and model FLOPs utilisation
+(torch.cuda.max_memory_allocated), and model FLOPs utilisation; `mfu_attn` adds the attention FLOPs
+(`metis.lightning.throughput.training_flops`: 6N + 12 · layers · d · Σ L², what `train/mfu` logs)
 
     MFU = 6 * N * tokens_per_s / peak_flops
 
@@ -46,6 +56,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metis.lightning.metrics import masked_token_loss  # noqa: E402  (torch only)
+from metis.lightning.throughput import per_token_matmul_params, training_flops  # noqa: E402
+from metis.models.decoding import DecodeConfig, UniformNoise  # noqa: E402
+from metis.models.llama_nar import estimator_of  # noqa: E402
 from metis.models.metis_stage1 import MetisStage1  # noqa: E402  (torch only)
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "RTX 4090": 165.0}
@@ -64,10 +77,23 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
     return None
 
 
-def build_net(args, checkpointing: bool) -> MetisStage1:
+def build_net(args, checkpointing: bool, packing: str = "compute") -> MetisStage1:
     kw = dict(TINY) if args.tiny else {}
     torch.manual_seed(0)
-    return MetisStage1(**kw, gradient_checkpointing=checkpointing, norm_init="unit")
+    return MetisStage1(**kw, gradient_checkpointing=checkpointing, norm_init="unit", packing=packing)
+
+
+def varlen_batch(args, vocab: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Utterances of log-normal lengths (~6 s at 50 Hz, at most --frames) filling batch x frames real frames."""
+    g = torch.Generator().manual_seed(0)
+    budget, lens = args.batch * args.frames, []
+    while sum(lens) < budget:
+        n = int(min(args.frames, max(50, torch.empty(1).log_normal_(5.7, 0.6, generator=g).item())))
+        lens.append(min(n, budget - sum(lens)) if budget - sum(lens) >= 10 else 10)
+    lens = torch.tensor(lens)
+    tokens = torch.randint(0, vocab, (len(lens), int(lens.max())), generator=g).to(device)
+    mask = (torch.arange(int(lens.max()))[None] < lens[:, None]).float().to(device)
+    return tokens, mask
 
 
 def batch(args, vocab: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,14 +176,17 @@ def row_zero2(args, device: torch.device, checkpointing: bool) -> dict:
     return result
 
 
-def row_torch(args, device: torch.device, checkpointing: bool) -> dict:
-    """The same step without DeepSpeed: fp32 weights, bf16 autocast, AdamW, gradient clipping."""
-    net = build_net(args, checkpointing).to(device)
+def row_torch(args, device: torch.device, checkpointing: bool, compiled: bool = False, packing: str | None = None) -> dict:
+    """The same step without DeepSpeed: fp32 weights, bf16 autocast, AdamW, gradient clipping.
+    packing None: full rows (no padding); "off" / "compute": variable-length utterances, padded / packed."""
+    net = build_net(args, checkpointing, packing or "compute").to(device)
+    if compiled:
+        estimator_of(net).compile_layers()
     n_params = sum(p.numel() for p in net.parameters())
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01,
                                   fused=device.type == "cuda")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    tokens, mask = batch(args, net.cond_codebook_size, device)
+    tokens, mask = (batch if packing is None else varlen_batch)(args, net.cond_codebook_size, device)
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -169,9 +198,49 @@ def row_torch(args, device: torch.device, checkpointing: bool) -> dict:
         return loss.detach()
 
     result = timed(step, args, device)
-    result.update(params=n_params, trainable=n_params, engine="torch amp (deepspeed not installed)")
+    real = float(mask.sum())
+    result["tokens_per_s"] *= real / (args.batch * args.frames)  # real frames (the budget is filled up to rounding)
+    result.update(params=n_params, trainable=n_params, utterances=int(mask.shape[0]), padding=1 - real / mask.numel(),
+                  flops_per_step=training_flops(per_token_matmul_params(net), len(estimator_of(net).layers),
+                                                estimator_of(net).hidden_size, mask.sum(1).cpu()),
+                  engine=f"torch amp, fused AdamW{', compiled' if compiled else ''}"
+                         f"{'' if packing is None else f', packing={packing}'}")
     del optimizer, net
     return result
+
+
+def row_decode(args, device: torch.device) -> dict:
+    """Fast stage-1 decoding (bf16 autocast, batched CFG), batch 1 and 16, eager and compiled; faithful fp32 once."""
+    net = build_net(args, False).to(device).eval().requires_grad_(False)
+    vocab = net.cond_codebook_size
+    settings = DecodeConfig(n_timesteps=25, temp=0.9, filter_thres=0.98, cfg=2.5, rescale_cfg=0.75)
+    prompt = torch.randint(0, vocab, (150,), generator=torch.Generator().manual_seed(2))
+    out = {}
+
+    def run(b, fast, bf16):
+        noises = [UniformNoise(torch.Generator(device=device).manual_seed(7 + r)) for r in range(b)]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            _sync(device)
+            t0 = time.perf_counter()
+            ids = net.reverse_diffusion_rows([prompt] * b, [350] * b, settings, noises=noises, fast=fast)
+            _sync(device)
+        return time.perf_counter() - t0, torch.stack(ids)
+
+    run(1, False, False)
+    t_ref, ref = run(1, False, False)
+    out["faithful_b1_s"] = t_ref
+    for compiled in (False, True) if device.type == "cuda" else (False,):  # compiling on a few CPU cores takes minutes
+        if compiled:
+            estimator_of(net).compile_layers()
+        for b in (1, 16):
+            run(b, True, True)  # warm-up (and compile)
+            t, ids = run(b, True, True)
+            tag = f"fast{'_compiled' if compiled else ''}_b{b}"
+            out[f"{tag}_s"] = t
+            out[f"{tag}_rtf"] = t / (b * 350 / 50)  # seconds per second of generated audio (stage 1 only)
+            out[f"{tag}_agree"] = (ids[:1] == ref).float().mean().item()
+    out.update(params=sum(p.numel() for p in net.parameters()), trainable=0, engine="decode (stage 1)")
+    return out
 
 
 def row_lora(args, device: torch.device) -> dict:
@@ -254,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         runs = {"zero2": lambda: row_zero2(args, device, checkpointing=False),
                 "zero2_ckpt": lambda: row_zero2(args, device, checkpointing=True),
                 "lora_r32": lambda: row_lora(args, device),
-                "torch": lambda: row_torch(args, device, checkpointing=False)}
+                "torch": lambda: row_torch(args, device, checkpointing=False),
+                "compiled": lambda: row_torch(args, device, checkpointing=False, compiled=True),
+                "padded": lambda: row_torch(args, device, checkpointing=False, packing="off"),
+                "packed": lambda: row_torch(args, device, checkpointing=False, packing="compute"),
+                "decode": lambda: row_decode(args, device)}
         if name not in runs:
             print(f"error: unknown row {name!r} ({', '.join(runs)})", file=sys.stderr)
             return 2
@@ -264,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             r = {"error": f"{type(exn).__name__}: {str(exn)[:300]}"}
         if "tokens_per_s" in r and peak:
             r["mfu"] = 6 * r["params"] * r["tokens_per_s"] / (peak * 1e12)
+            if "flops_per_step" in r:
+                r["mfu_attn"] = r["flops_per_step"] / r["step_s"] / (peak * 1e12)
         r["wall_s"] = time.perf_counter() - t0
         rows[name] = r
         print(json.dumps({name: r}), flush=True)
@@ -278,8 +353,12 @@ def main(argv: list[str] | None = None) -> int:
         if "skipped" in r:
             print(f"{name:<12} skipped: {r['skipped']}")
             continue
+        if "tokens_per_s" not in r:
+            print(f"{name:<12} " + ", ".join(f"{k} {v:.3f}" for k, v in r.items() if isinstance(v, float)))
+            continue
         mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
+        mfu += f" ({100 * r['mfu_attn']:.1f}% with attention)" if "mfu_attn" in r else ""
         print(f"{name:<12} {r['tokens_per_s']:>10.0f} {r['step_s']:>8.3f} {mem:>9} {mfu:>6}  "
               f"{r['params'] / 1e6:.1f}M ({r['trainable'] / 1e6:.2f}M)")
     if args.out:
