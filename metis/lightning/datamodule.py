@@ -25,7 +25,7 @@ from metis.conditions.builders import ConditionStage
 from metis.data.loader import build_loader
 from metis.data.shards import TOKENIZER_MEMBER, expand_shards
 from metis.lightning.fault_tolerance import EqualBatches
-from metis.models.llama_nar import estimator_of
+from metis.models.llama_nar import LlamaNAR, estimator_of
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -111,8 +111,9 @@ class ShardDataModule(L.LightningDataModule):
         trainer = self.trainer
         packed = h.packed
         if packed is None:
-            module = getattr(trainer, "lightning_module", None) if trainer is not None else None
-            packed = module is not None and estimator_of(module.net).packing != "off"
+            net = getattr(getattr(trainer, "lightning_module", None), "net", None) if trainer is not None else None
+            packed = isinstance(net, torch.nn.Module) and any(isinstance(m, LlamaNAR) for m in net.modules()) \
+                and estimator_of(net).packing != "off"  # codec trainers have no estimator: padded budget
         return build_loader(
             shards, mode=mode, max_tokens=h.max_tokens if mode == "train" else (h.val_max_tokens or h.max_tokens),
             fields=tuple(h.fields), num_workers=h.num_workers if mode == "train" else h.val_num_workers,
