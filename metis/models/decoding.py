@@ -136,8 +136,10 @@ def guided_passes(estimator: Callable, x_c: torch.Tensor, m_c: torch.Tensor, x_u
                   m_u: torch.Tensor | None, t_i: float, fast: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The conditional and (when x_u is given) unconditional estimator passes of one step.
 
-    estimator(x (b, l, d), t (b,), x_mask (b, l)) -> (b, l, d). Faithful: two calls, as the reference.
-    Fast: one call on 2b rows padded to a common length, under bf16 autocast on CUDA.
+    estimator(x (b, l, d), t (b,), x_mask (b, l), packing=...) -> (b, l, d): a LlamaNAR. Faithful: two
+    calls, as the reference. Fast: one call on 2b rows padded to a common length and run packed
+    (`packing="compute"`: the padding of the shorter unconditional rows is not computed), under bf16
+    autocast on CUDA.
     """
     b = x_c.shape[0]
     t = torch.full((b,), t_i, dtype=torch.float32, device=x_c.device)
@@ -149,7 +151,7 @@ def guided_passes(estimator: Callable, x_c: torch.Tensor, m_c: torch.Tensor, x_u
         l = max(x_c.shape[1], x_u.shape[1])
         x = torch.cat([F.pad(x_c, (0, 0, 0, l - x_c.shape[1])), F.pad(x_u, (0, 0, 0, l - x_u.shape[1]))])
         m = torch.cat([F.pad(m_c, (0, l - m_c.shape[1])), F.pad(m_u, (0, l - m_u.shape[1]))])
-        e = estimator(x, torch.cat([t, t]), m)
+        e = estimator(x, torch.cat([t, t]), m, packing="compute")
         return e[:b, : x_c.shape[1]], e[b:, : x_u.shape[1]]
 
 

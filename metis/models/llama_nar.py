@@ -252,7 +252,7 @@ class LlamaNAR(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, x_mask: torch.Tensor | None = None,
                 cond: torch.Tensor | None = None, prefix: torch.Tensor | None = None,
-                prefix_mask: torch.Tensor | None = None) -> torch.Tensor:
+                prefix_mask: torch.Tensor | None = None, packing: str | None = None) -> torch.Tensor:
         """
         Args:
             x: (b, t, d) summed input embedding. t: (b,) mask time in [0, 1].
@@ -262,6 +262,7 @@ class LlamaNAR(nn.Module):
                 p = 0 behaves exactly like no prefix (the CFG unconditional branch).
             prefix_mask: (b, p) validity of the prefix (padded phone slots still take RoPE positions
                 unless packing="utterance", docs/reference.md Q19).
+            packing: this call's packing mode instead of `self.packing` (fast decoding packs its CFG batch).
         Returns:
             (b, t, d) hidden states for the x positions only (zeros at padded frames when packed).
         """
@@ -287,8 +288,8 @@ class LlamaNAR(nn.Module):
         if bool(valid.all()):
             attn = None  # nothing to mask: SDPA may pick a flash kernel
             cos, sin = self.rotary(torch.arange(l, device=x.device), x.dtype)
-        elif self.packing != "off":
-            attn = packed = Packed.of(valid, utterance_positions=self.packing == "utterance")
+        elif (packing or self.packing) != "off":
+            attn = packed = Packed.of(valid, utterance_positions=(packing or self.packing) == "utterance")
             x = packed.pack(x)  # (1, N, d)
             cos, sin = self.rotary(packed.positions, x.dtype)
         else:

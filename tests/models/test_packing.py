@@ -170,3 +170,22 @@ def test_bf16_adaptive_norm_without_fp32_copy_within_tolerance():
     got = norm.to(torch.bfloat16)(x.bfloat16(), c.bfloat16())
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_fast_cfg_pass_runs_packed(monkeypatch):
+    """Fast decoding's one 2b-row CFG pass: the unconditional rows are shorter, their padding is not
+    computed (every SDPA call unmasked, one per utterance) and each row equals its own pass."""
+    from metis.models.decoding import guided_passes
+
+    torch.manual_seed(0)
+    est = LlamaNAR(32, 2, 4).eval()  # packing="off": the call asks for packing itself
+    x_c, x_u = torch.randn(2, 20, 32), torch.randn(2, 12, 32)
+    m_c, m_u = torch.ones(2, 20), torch.ones(2, 12)
+    want_c, want_u = est(x_c, torch.full((2,), 0.5), m_c), est(x_u, torch.full((2,), 0.5), m_u)
+    masks = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: masks.append(k.get("attn_mask")) or sdpa(*a, **k))
+    e_c, e_u = guided_passes(est, x_c, m_c, x_u, m_u, 0.5, fast=True)
+    torch.testing.assert_close(e_c, want_c, **TOL)
+    torch.testing.assert_close(e_u, want_u, **TOL)
+    assert masks == [None] * (2 * 4)  # 2 layers x 4 utterances, no mask, no padded keys
