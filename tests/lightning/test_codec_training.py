@@ -224,3 +224,30 @@ def test_demo_s2a_experiments_read_the_codec_token_shards(tmp_path):
         assert cfg.data.train_shards.endswith("demo/tokens_ac/train") and list(cfg.data.fields) == ["sem", "ac"]
         with torch.device("meta"):
             assert instantiate(cfg.model).net.cond_emb.num_embeddings == 512  # the demo's k-means codes
+
+
+def test_codec_samples_write_real_and_resynthesised_wavs(tmp_path):
+    import soundfile as sf
+    from types import SimpleNamespace
+
+    from metis.lightning.codec_samples import CodecSamples, log_mel_image
+    from metis.models.acoustic_codec import AcousticCodec
+
+    net = AcousticCodec({"d_model": 2, "out_channels": 8},
+                        {"in_channels": 8, "num_quantizers": 2, "codebook_size": 16, "codebook_dim": 4, "vocos_dim": 16,
+                         "vocos_intermediate_dim": 32, "vocos_num_layers": 1}).train()
+    cb = CodecSamples(n_samples=2, output_dir=str(tmp_path))
+    wav = torch.randn(3, 1, 4800) * 0.1
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, global_step=7, loggers=[],
+                              default_root_dir=str(tmp_path))
+    module = SimpleNamespace(net=net)
+    cb.on_validation_batch_end(trainer, module, None, {"wav": wav}, 0)
+    cb.on_validation_epoch_end(trainer, module)
+    assert net.training  # the net's mode is restored
+    for i in range(2):
+        real, sr = sf.read(tmp_path / "step00000007" / f"sample{i}_real.wav")
+        fake, _ = sf.read(tmp_path / "step00000007" / f"sample{i}_codec.wav")
+        assert sr == 24000 and len(real) == len(fake) == 4800
+    assert not (tmp_path / "step00000007" / "sample2_real.wav").exists()
+    image = log_mel_image([wav[0, 0].numpy(), wav[1, 0].numpy()], 24000, ["a", "b"])
+    assert image.ndim == 3 and image.shape[2] == 3 and image.dtype.name == "uint8"
