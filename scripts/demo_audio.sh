@@ -9,7 +9,7 @@
 #   2. python train.py experiment=demo_acoustic_codec  the 24 kHz acoustic codec (published file layout)
 #   3. python -m metis.data tokenize ... --acoustic    acoustic tokens of the corpus from that codec
 #   4. python train.py experiment=demo_s2a_1layer / demo_s2a_full    S2A on k-means + codec tokens
-#   5. python finetune.py experiment=demo_se / demo_tse               stage-1 fine-tunes
+#   5. python finetune.py experiment=demo_se / demo_tse / demo_plc    stage-1 fine-tunes
 #   6. python infer.py pipeline=demo task=...          24 kHz wavs in demo_audio/
 # Optional: python train.py experiment=demo_semantic_codec (RepCodec on the demo's features).
 #
@@ -45,9 +45,11 @@ step "4/6 S2A (layer 0, then layers 1-11)"
 step "5/6 stage-1 fine-tunes"
 [ -f outputs/demo_se/export/model.safetensors ] || "$PY" finetune.py experiment=demo_se
 [ -f outputs/demo_tse/export/model.safetensors ] || "$PY" finetune.py experiment=demo_tse
+[ -f outputs/demo_plc/export/model.safetensors ] || "$PY" finetune.py experiment=demo_plc
 
 step "6/6 inference with pipeline=demo"
 mkdir -p "$OUT"
 "$PY" infer.py pipeline=demo task=se input="$AUDIO/metis_se_noise.wav" output="$OUT/se.wav"
 "$PY" infer.py pipeline=demo task=tse input="$AUDIO/metis_tse_mix.wav" prompt="$AUDIO/metis_tse_prompt.wav" output="$OUT/tse.wav"
+"$PY" infer.py pipeline=demo task=plc input="$AUDIO/libritts_260_123440_000010_000004.wav" output="$OUT/plc.wav"
 echo; echo "done: listen to $OUT/*.wav (24 kHz)"

@@ -56,18 +56,18 @@ def build_demo_tree(root: Path) -> None:
         export(perturb(MaskGCTS2A(**s2a, **extra), 3), "metis.models.s2a.MaskGCTS2A", {**s2a, **extra},
                root / f"outputs/{name}/export")
     stage1 = dict(hidden_size=32, num_layers=2, num_heads=2, cond_codebook_size=CODES, cond_dim=160)
-    for task in ("se", "tse"):
+    for task in ("se", "tse", "plc"):
         export(perturb(MetisStage1(ft_type=task, **stage1), 5), "metis.models.metis_stage1.MetisStage1",
                {"ft_type": task, **stage1}, root / f"outputs/demo_{task}/export")
 
 
-def test_pipeline_demo_runs_se_and_tse_offline_on_the_demo_models(tmp_path, monkeypatch):
+def test_pipeline_demo_runs_se_tse_and_plc_offline_on_the_demo_models(tmp_path, monkeypatch):
     build_demo_tree(tmp_path)
     noisy = write_wav(tmp_path / "noisy.wav", 1.2, 7)
     prompt = write_wav(tmp_path / "prompt.wav", 0.8, 8)
     monkeypatch.chdir(tmp_path)  # the preset's paths are relative to the launch directory, like the demo runs
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for task, extra in (("se", []), ("tse", [f"prompt={prompt}"])):
+    for task, extra in (("se", []), ("tse", [f"prompt={prompt}"]), ("plc", [])):
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = compose("infer", overrides=["pipeline=demo", f"task={task}", f"input={noisy}",
                                               f"output={tmp_path / task}.wav", "pipeline.progress=false", *extra])
