@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
+from metis.audio import load_tensor, save
 from metis.conditions import (NoiseBank, RIRBank, SEDegrader, TSEMixer, VCPerturber, band_limit, clip, mix_at_snr,
                               reverberate, simulate_rir, upsample_visual)
 
@@ -31,10 +31,7 @@ def speech(seconds: float, seed: int) -> torch.Tensor:
     files = sorted(SHARED.glob("libritts_*.wav"))
     n = int(seconds * SR)
     if len(files) > seed:
-        import torchaudio.functional as AF
-
-        x, sr = sf.read(str(files[seed]), dtype="float32", always_2d=True)
-        x = AF.resample(torch.from_numpy(x.mean(1)), sr, SR)
+        x = load_tensor(files[seed], SR)
         return x.repeat(math.ceil(n / len(x)))[:n]
     t = torch.arange(n) / SR
     f0 = 110.0 + 20 * seed
@@ -66,7 +63,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
         for i in range(4):  # 30 s noise files at 48 kHz: read a window + resample on each draw
-            sf.write(f"{tmp}/noise{i}.flac", (0.1 * rng.standard_normal(48000 * 30)).astype(np.float32), 48000)
+            save(f"{tmp}/noise{i}.flac", 0.1 * rng.standard_normal(48000 * 30), 48000)
         folder = NoiseBank.from_folder(tmp)
         rir = simulate_rir(0.6, torch.Generator().manual_seed(0), SR)
         vis = torch.randn(int(args.seconds * 25), 768)

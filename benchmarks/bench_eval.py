@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
-from metis.eval.audio import Audio, resample
+from metis.audio import Audio, read, resample
 from metis.eval.metrics import METRIC_NAMES, MetricOptions, build_metrics
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "audio"
@@ -27,7 +26,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "audio"
 def utterances(total_s: float, utt_s: float, sr: int = 24000) -> tuple[list[np.ndarray], list[str], str]:
     clips = sorted(SHARED.glob("libritts_*.wav"))
     if clips:
-        data = [sf.read(str(c), dtype="float32") for c in clips]
+        data = [read(c) for c in clips]
         texts = [c.with_suffix(".txt").read_text().strip() for c in clips]
         source = f"{len(clips)} LibriTTS clips from {SHARED}"
     else:

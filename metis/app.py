@@ -157,9 +157,9 @@ def spectrogram(path_or_wav, sr: int | None = None):
     import torch
 
     if isinstance(path_or_wav, (str, os.PathLike)):
-        from metis.inference.audio import load_audio
+        from metis.audio import load_tensor
 
-        wav, sr = load_audio(path_or_wav, SR), SR
+        wav, sr = load_tensor(path_or_wav, SR), SR
     else:
         wav = torch.as_tensor(path_or_wav, dtype=torch.float32)
     spec = torch.stft(wav.flatten(), n_fft=1024, hop_length=256, window=torch.hann_window(1024), return_complex=True).abs()

@@ -1,4 +1,4 @@
-"""Checkpoint files: strict loads, atomic saves, round trips of every part, resolve(), LoRA split."""
+"""Checkpoint files: strict loads, atomic saves, round trips of every part, resolve_source(), LoRA split."""
 
 import copy
 import os
@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from metis.checkpoints import io, published
-from metis.checkpoints.io import CheckpointMismatchError, CheckpointNotFoundError, load_into, resolve, save_safetensors
+from metis.checkpoints.io import CheckpointMismatchError, CheckpointNotFoundError, load_into, save_safetensors
+from metis.checkpoints.sources import is_repo_id, resolve_source
 from metis.checkpoints.lora import (adapter_state_dict, load_split, lora_state_dict, merged_state_dict, wrap_lora)
 from metis.models.metis_stage1 import MetisStage1
 from metis.models.s2a import MaskGCTS2A
@@ -218,7 +219,7 @@ def test_l2s_adapter_file_has_the_sequential_keys():
                                                        "model.cond_adapter.2.bias", "model.cond_adapter.2.weight"]
 
 
-# ----------------------------------------------------------------------------- resolve()
+# ----------------------------------------------------------------------------- resolve_source()
 
 
 def _hf_cache(root: Path, repo: str, files: dict[str, dict]) -> Path:
@@ -234,12 +235,40 @@ def _hf_cache(root: Path, repo: str, files: dict[str, dict]) -> Path:
 
 def test_resolve_file_and_folder(tmp_path):
     f = save_safetensors({"w": torch.ones(1)}, tmp_path / BASE_FILE)
-    assert resolve(f, BASE_FILE) == f
-    assert resolve(tmp_path, BASE_FILE) == f
-    with pytest.raises(CheckpointNotFoundError, match=r"metis_se/metis_se_lora_32\.safetensors"):
-        resolve(tmp_path, "metis_se/metis_se_lora_32.safetensors")
+    assert resolve_source(f, BASE_FILE).path == f and not resolve_source(f).is_export
+    assert resolve_source(tmp_path, BASE_FILE).path == f
+    with pytest.raises(CheckpointNotFoundError, match=r"metis_se/metis_se_lora_32\.safetensors not found in folder"):
+        resolve_source(tmp_path, "metis_se/metis_se_lora_32.safetensors")
     with pytest.raises(CheckpointNotFoundError, match="neither an existing file"):
-        resolve(tmp_path / "no" / "such" / "dir", BASE_FILE)
+        resolve_source(tmp_path / "no" / "such" / "dir", BASE_FILE)
+    with pytest.raises(CheckpointNotFoundError, match="is not an export"):
+        resolve_source(tmp_path)  # a published layout, asked for an export
+
+
+def test_resolve_export_folder_and_file(tmp_path):
+    """This project's export (model.safetensors + config.json) is found as a folder or as its file, with
+    its config, whatever published filename the caller looks for."""
+    w = save_safetensors({"w": torch.ones(1)}, tmp_path / "export" / "model.safetensors")
+    (tmp_path / "export" / "config.json").write_text('{"_target_": "metis.models.s2a.MaskGCTS2A", "hidden_size": 8}')
+    for source, filename in ((tmp_path / "export", None), (tmp_path / "export", BASE_FILE), (w, None), (w, BASE_FILE)):
+        found = resolve_source(source, filename)
+        assert found.path == w and found.is_export and found.config["hidden_size"] == 8
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    with pytest.raises(CheckpointNotFoundError, match="has config.json but no model.safetensors"):
+        resolve_source(tmp_path / "half", BASE_FILE)
+    (tmp_path / "export" / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        resolve_source(w)
+
+
+def test_repo_ids_and_paths_are_told_apart(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert is_repo_id("amphion/metis") and is_repo_id("facebook/w2v-bert-2.0")
+    for path in ("./amphion/metis", "/abs/x", "~/x", "outputs/demo/export", "org/model.safetensors", "a", "x.ckpt"):
+        assert not is_repo_id(path), path
+    (tmp_path / "amphion" / "metis").mkdir(parents=True)
+    assert not is_repo_id("amphion/metis")  # an existing folder wins over the Hub
 
 
 def test_resolve_from_hf_cache_offline(tmp_path, monkeypatch):
@@ -247,10 +276,21 @@ def test_resolve_from_hf_cache_offline(tmp_path, monkeypatch):
     snapshot = _hf_cache(tmp_path / "hub", "amphion/metis", {BASE_FILE: model.state_dict()})
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    path = resolve("amphion/metis", BASE_FILE)
+    path = resolve_source("amphion/metis", BASE_FILE).path
     assert path.resolve() == (snapshot / BASE_FILE).resolve()
     back = published.load("metis_base", **TINY)  # default source: the kind's repo, here from the cache
     assert same(back.state_dict(), model.state_dict())
+
+
+def test_resolve_export_repo_from_hf_cache_offline(tmp_path, monkeypatch):
+    """A Hub repo holding an export (model.safetensors + config.json at its root), read from the cache."""
+    snapshot = _hf_cache(tmp_path / "hub", "someone/metis-se", {"model.safetensors": {"w": torch.ones(2)}})
+    (snapshot / "config.json").write_text('{"ft_type": "se"}')
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    found = resolve_source("someone/metis-se")
+    assert found.is_export and found.config == {"ft_type": "se"}
+    assert torch.equal(load_file(found.path)["w"], torch.ones(2))
 
 
 def test_resolve_offline_empty_cache_says_what_to_put_where(tmp_path, monkeypatch):
@@ -258,7 +298,7 @@ def test_resolve_offline_empty_cache_says_what_to_put_where(tmp_path, monkeypatc
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointNotFoundError) as e:
-        resolve("amphion/MaskGCT", "s2a_model/s2a_model_full/model.safetensors")
+        resolve_source("amphion/MaskGCT", "s2a_model/s2a_model_full/model.safetensors")
     msg = str(e.value)
     for part in ("amphion/MaskGCT", "offline", str(tmp_path / "hub"), "<folder>/s2a_model/s2a_model_full/model.safetensors"):
         assert part in msg, f"{part!r} not in: {msg}"

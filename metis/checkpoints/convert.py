@@ -1,15 +1,18 @@
 """Training checkpoint (Lightning `.ckpt` file or DeepSpeed ZeRO folder) -> published safetensors.
 
+    python -m metis.checkpoints.convert outputs/run/checkpoints/last.ckpt out/metis_base   # an export folder
     python -m metis.checkpoints.convert outputs/run/checkpoints/last.ckpt out/metis_base --kind metis_base
-    python -m metis.checkpoints.convert outputs/run/checkpoints/step00010000.ckpt out/step10k   # the net's keys as trained
-
     python -m metis.checkpoints.convert ckpt/wavlm_large_finetune.pth ckpt/ --trust-pickle  # -> ckpt/wavlm_large_finetune.safetensors
 
-Writes `<out_dir>/model.safetensors` atomically (metadata: kind, global step, source) and, when the
-run folder holds an export's `config.json` (`<run>/export/config.json`), copies it beside the weights.
-With `--kind`, the tensors written are the part a file of that kind holds (`model`: everything;
-`lora`: the lora_A/lora_B tensors of a LoRA run; `adapter`: model.cond_adapter.*), and their key
-names (layer indices aside) must be exactly the published ones, else the error lists the keys.
+Writes `<out_dir>/model.safetensors` atomically (metadata: kind, global step, source) and beside it
+`config.json`, the net's constructor config that the checkpoint carries (or, for a checkpoint
+written before checkpoints carried it, the run's `<run>/export/config.json`): `<out_dir>` is then an
+export folder that `metis.checkpoints.sources.resolve_source` and `infer.py` load. The config is
+written only when it builds a net with exactly the converted keys (not for a LoRA run's
+trainable-only checkpoint, whose files come from `--kind metis_<task>_lora` / `_adapter`).
+With `--kind` (an override: the config alone says what the net is), the tensors written are the
+part a file of that kind holds (`model`: everything; `lora`: the lora_A/lora_B tensors of a LoRA
+run; `adapter`: model.cond_adapter.*), and their key names (layer indices aside) must be exactly the published ones, else the error lists the keys.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
-from metis.checkpoints.deepspeed import NET_PREFIX, training_checkpoint_state
+from metis.atomic import write_json
+from metis.checkpoints.deepspeed import NET_CONFIG_KEY, NET_PREFIX, training_checkpoint_state
 from metis.checkpoints.io import CheckpointMismatchError, save_safetensors
+from metis.checkpoints.sources import EXPORT_CONFIG, EXPORT_WEIGHTS, build_export
 
 _PART_FILTERS = {
     "model": lambda k: True,
@@ -60,11 +64,9 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, kind: str
     if "global_step" in info:
         meta["global_step"] = str(int(info["global_step"]))
     path = save_safetensors(sd, out_dir / filename, metadata=meta)
-    run_config = _run_config(checkpoint)
-    if run_config is not None and filename == "model.safetensors":
-        tmp = out_dir / ".config.json.tmp"
-        shutil.copyfile(run_config, tmp)
-        os.replace(tmp, out_dir / "config.json")
+    config = info.get(NET_CONFIG_KEY) or _run_config(checkpoint)
+    if config is not None and filename == EXPORT_WEIGHTS and _builds(config, sd):
+        write_json(out_dir / EXPORT_CONFIG, config)
     return path
 
 
@@ -85,10 +87,20 @@ def convert_pickled(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -
                             metadata={"format": "pt", "metis.source": str(checkpoint)})
 
 
-def _run_config(checkpoint: Path) -> Path | None:
-    """`<run>/export/config.json` for a checkpoint at `<run>/checkpoints/<name>`."""
-    candidate = checkpoint.resolve().parent.parent / "export" / "config.json"
-    return candidate if candidate.is_file() else None
+def _run_config(checkpoint: Path) -> dict | None:
+    """`<run>/export/config.json` for a checkpoint at `<run>/checkpoints/<name>` (checkpoints that do
+    not carry their net config)."""
+    candidate = checkpoint.resolve().parent.parent / "export" / EXPORT_CONFIG
+    return json.loads(candidate.read_text()) if candidate.is_file() else None
+
+
+def _builds(config: dict, state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether `config` builds a net (on the meta device: no memory) with exactly these keys."""
+    from metis.checkpoints import published
+
+    with torch.device("meta"):
+        net = build_export(config, published.STAGE1, source="the checkpoint's net config")
+    return set(net.state_dict()) == set(state_dict)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", help="a Lightning .ckpt file or a DeepSpeed checkpoint folder (e.g. last.ckpt/)")
     ap.add_argument("out_dir", help="folder for model.safetensors (+ config.json)")
-    ap.add_argument("--kind", default=None, help="published kind to check the keys against (e.g. metis_base, maskgct_s2a_full)")
+    ap.add_argument("--kind", default=None, help="published kind to check the keys against and cut the file by (e.g. "
+                    "metis_base, maskgct_s2a_full, metis_se_lora); default: the net as trained, with its config.json")
     ap.add_argument("--prefix", default=NET_PREFIX, help=f"module prefix to strip (default {NET_PREFIX!r}; '' keeps all keys)")
     ap.add_argument("--filename", default="model.safetensors", help="output file name inside out_dir")
     ap.add_argument("--trust-pickle", action="store_true",

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 NET_PREFIX = "net."  # the masked-generative modules keep the model as `self.net`
+NET_CONFIG_KEY = "net_config"  # a training checkpoint's entry holding the net's constructor config (`_target_` + args)
 _WRAPPER_PREFIX = "_forward_module."  # Lightning < 2.1 DeepSpeed checkpoints
 
 

@@ -1,5 +1,5 @@
-"""Checkpoint files: atomic safetensors writes, strict loads that name every mismatch, and
-finding a published file on disk or on the Hugging Face Hub.
+"""Checkpoint files: atomic safetensors writes and strict loads that name every mismatch
+(finding a file on disk or on the Hub is `metis.checkpoints.sources`).
 
 The reference loads its checkpoints non-strictly and overwrites adapter tensors without shape
 checks (docs/reference.md Q12), so a wrong or truncated file loads "successfully". Everything here
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -21,9 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-# "org/name": a Hugging Face model repo id (letters, digits, '-', '_', '.').
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_TRUE = {"1", "true", "yes", "on"}
+from metis.atomic import atomic_write
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -90,19 +86,6 @@ def _to_saveable(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders; the rename itself is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike,
                      metadata: Mapping[str, str] | None = None) -> Path:
     """Write `state_dict` to `path` atomically.
@@ -124,20 +107,8 @@ def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.Path
             raise TypeError(f"safetensors metadata must map str to str; offending entries: {bad}")
         metadata = dict(metadata)
     tensors = _to_saveable(state_dict)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_write(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:  # save_file closes without fsync: push the bytes to disk
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
     return path
 
 
@@ -275,64 +246,3 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sourc
     if leftover:
         raise CheckpointMismatchError(source, unexpected=leftover, note="load_state_dict rejected these keys")
     return model
-
-
-# ------------------------------------------------------------------------------------- resolving
-
-
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in _TRUE
-
-
-def resolve(source: str | os.PathLike, filename: str, *, revision: str | None = None,
-            cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None) -> Path:
-    """Find checkpoint `filename` (a path inside the published repo, e.g. "metis_base/model.safetensors").
-
-    Args:
-        source: one of
-            - a local file: returned as is;
-            - a local folder laid out like the published repo: `source/filename`;
-            - a Hugging Face repo id ("amphion/metis"): fetched with `hf_hub_download`, from the Hub
-              when online, else from the local Hugging Face cache.
-        filename: the file's path inside the repo / folder.
-        revision: Hub revision (branch, tag or commit); default "main".
-        cache_dir: Hugging Face cache folder; default $HF_HUB_CACHE (read at call time), else the
-            huggingface_hub default.
-        local_files_only: never touch the network; default true when $HF_HUB_OFFLINE is set.
-    Returns:
-        The local path of the file.
-    Raises:
-        CheckpointNotFoundError: naming the repo id, the filename and the local-folder alternative.
-    """
-    src = Path(source).expanduser()
-    if src.is_file():
-        return src
-    if src.is_dir():
-        path = src / filename
-        if not path.is_file():
-            raise CheckpointNotFoundError(f"{filename} not found in folder {src}: expected the file at {path}")
-        return path
-    text = str(source)
-    if not _REPO_ID.match(text):
-        raise CheckpointNotFoundError(
-            f"checkpoint source {text!r} is neither an existing file, an existing folder, nor a Hugging Face repo id (org/name)")
-
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    if cache_dir is None:
-        cache_dir = os.environ.get("HF_HUB_CACHE") or None
-    if local_files_only is None:
-        local_files_only = _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE") or bool(constants.HF_HUB_OFFLINE)
-    how_to = (f"Either download it (`hf download {text} {filename}`, online), or put the file at "
-              f"<folder>/{filename} and pass <folder> (or the file itself) as the source.")
-    try:
-        return Path(hf_hub_download(text, filename, revision=revision, cache_dir=cache_dir,
-                                    local_files_only=local_files_only))
-    except (LocalEntryNotFoundError, EntryNotFoundError, RepositoryNotFoundError) as e:
-        where = "offline and not in the Hugging Face cache" if local_files_only else "not available from the Hub or the cache"
-        raise CheckpointNotFoundError(
-            f"{filename} of Hugging Face repo {text} is {where} "
-            f"(cache: {cache_dir or constants.HF_HUB_CACHE}). {how_to}") from e
-    except HfHubHTTPError as e:
-        raise CheckpointNotFoundError(f"could not fetch {filename} from Hugging Face repo {text}: {e}. {how_to}") from e

@@ -13,7 +13,6 @@ the released naming but no such file is published.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -23,23 +22,25 @@ from types import MappingProxyType
 from typing import Literal
 
 import torch
+from hydra.utils import get_class
 from torch import nn
 
-from metis.checkpoints.io import (CheckpointMismatchError, check_state_dict, load_into, read_safetensors, resolve,
-                                  save_safetensors)
+from metis.checkpoints.io import CheckpointMismatchError, check_state_dict, load_into, read_safetensors, save_safetensors
 from metis.checkpoints.lora import (ADAPTER_MODULE, ADAPTER_NAME, WRAPPED_PREFIX, adapter_state_dict, load_split, lora_state_dict,
                                     wrap_lora)
+from metis.checkpoints.sources import resolve_source
 from metis.tasks import TASKS
 from metis.tasks import names as task_names
 
 METIS_REPO = "amphion/metis"
 MASKGCT_REPO = "amphion/MaskGCT"
 
-STAGE1 = "metis.models.metis_stage1:MetisStage1"
-S2A = "metis.models.s2a:MaskGCTS2A"
-REPCODEC = "metis.models.semantic_codec:RepCodec"
-CODEC_ENCODER = "metis.models.acoustic_codec:CodecEncoder"
-CODEC_DECODER = "metis.models.acoustic_codec:CodecDecoder"
+# Model classes as Hydra `_target_` paths (what an export's config.json names too).
+STAGE1 = "metis.models.metis_stage1.MetisStage1"
+S2A = "metis.models.s2a.MaskGCTS2A"
+REPCODEC = "metis.models.semantic_codec.RepCodec"
+CODEC_ENCODER = "metis.models.acoustic_codec.CodecEncoder"
+CODEC_DECODER = "metis.models.acoustic_codec.CodecDecoder"
 
 Part = Literal["model", "lora", "adapter"]
 
@@ -49,7 +50,7 @@ class FileKind:
     """One published file type.
 
     Attributes:
-        model: "module:Class" of the model, built with `kwargs` (the released config; the class
+        model: the model class as a `_target_` path (`hydra.utils.get_class`), built with `kwargs` (the released config; the class
             defaults are the base config, so only the differences are listed).
         kwargs: constructor arguments.
         part: which keys the file holds: the whole state dict ("model"), the LoRA tensors ("lora")
@@ -153,11 +154,6 @@ def kind_spec(kind: str) -> FileKind:
         raise KeyError(f"unknown checkpoint kind {kind!r}; known: {', '.join(KINDS)}") from None
 
 
-def _model_class(path: str) -> type[nn.Module]:
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def build(kind: str, device: str | torch.device = "cpu", *, lora: tuple[int, int] | None = None,
           trainable_modules=None, **overrides) -> nn.Module:
     """Build the model of `kind` with the released config (meta device: shapes only, instantly).
@@ -173,7 +169,7 @@ def build(kind: str, device: str | torch.device = "cpu", *, lora: tuple[int, int
     if lora is not None and spec.lora is None:
         raise ValueError(f"kind {kind!r} has no LoRA to set a rank for")
     with torch.device(device):
-        model = _model_class(spec.model)(**{**spec.kwargs, **overrides})
+        model = get_class(spec.model)(**{**spec.kwargs, **overrides})
     if spec.lora is not None:
         r, alpha = lora or spec.lora
         model = wrap_lora(model, r=r, alpha=alpha, trainable_modules=trainable_modules)
@@ -248,7 +244,7 @@ def load(kind: str, source: str | os.PathLike | None = None, *, device: str | to
         CheckpointMismatchError / CheckpointNotFoundError naming the file and the keys.
     """
     src, filename = _source_or_repo(kind, source)
-    path = resolve(src, filename)
+    path = resolve_source(src, filename).path
     model = build(kind, device, lora=lora, **overrides)
     _LOAD[kind_spec(kind).part](model, read_safetensors(path, device), os.fspath(path))
     return model
@@ -266,7 +262,7 @@ def load_lora_split(task: str, source: str | os.PathLike | None = None, *, devic
     """
     if task not in LORA_SPLITS:
         raise KeyError(f"no LoRA fine-tune {task!r}; known: {', '.join(LORA_SPLITS)}")
-    paths = [resolve(*_source_or_repo(kind, source)) for kind in LORA_SPLITS[task]]
+    paths = [resolve_source(*_source_or_repo(kind, source)).path for kind in LORA_SPLITS[task]]
     lora_spec = KINDS[LORA_SPLITS[task][2]]
     r, alpha = lora or lora_spec.lora
     return load_split(*paths, {**lora_spec.kwargs, **overrides}, r=r, alpha=alpha, device=device, merge=merge)

@@ -9,7 +9,7 @@ random choice from a passed `torch.Generator`. See docs/conditions.md.
     L2S: upsample_visual(vis, prompt_frames)
 """
 
-from metis.conditions.audio_files import AudioFileError
+from metis.audio import AudioError
 from metis.conditions.distortions import band_limit, clip, peak_threshold
 from metis.conditions.noise import COLOUR_EXPONENTS, NoiseBank, babble, coloured_noise
 from metis.conditions.reservoir import SpeakerReservoir
@@ -18,11 +18,11 @@ from metis.conditions.se import SEDegrader
 from metis.conditions.signal import fit_length, gain_for_snr, mix_at_snr, power, snr_db
 from metis.conditions.tse import TSEMixer
 from metis.conditions.vc import VCPerturber, perturb_timbre, pitch_shift, warp_envelope
-from metis.conditions.visual import upsample_visual
+from metis.conditions.visual import load_video_features, upsample_visual
 
 __all__ = [
-    "AudioFileError", "COLOUR_EXPONENTS", "NoiseBank", "RIRBank", "SEDegrader", "SpeakerReservoir", "TSEMixer",
-    "VCPerturber", "babble", "band_limit", "clip", "coloured_noise", "fit_length", "gain_for_snr", "mix_at_snr",
-    "peak_threshold", "perturb_timbre", "pitch_shift", "power", "reverberate", "schroeder_rt60", "simulate_rir",
-    "snr_db", "upsample_visual", "warp_envelope",
+    "AudioError", "COLOUR_EXPONENTS", "NoiseBank", "RIRBank", "SEDegrader", "SpeakerReservoir", "TSEMixer",
+    "VCPerturber", "babble", "band_limit", "clip", "coloured_noise", "fit_length", "gain_for_snr",
+    "load_video_features", "mix_at_snr", "peak_threshold", "perturb_timbre", "pitch_shift", "power", "reverberate",
+    "schroeder_rt60", "simulate_rir", "snr_db", "upsample_visual", "warp_envelope",
 ]

@@ -1,28 +1,22 @@
 """Lazy access to folders and WebDataset shards of audio files (noise, RIRs).
 
 Nothing is decoded when a collection is built: a folder is listed (paths only), a shard is indexed
-on first use (member offsets from the tar headers). Audio is read on demand with soundfile, down-mixed
-to mono and resampled with torchaudio. Every error names the file (and member) it comes from.
+on first use (member offsets from the tar headers). Audio is read on demand through `metis.audio`
+(mono, resampled, errors naming the file and member).
 """
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
-import torchaudio.functional as AF
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
-
-
-class AudioFileError(ValueError):
-    """An audio file (or shard member) that cannot be used; the message names it."""
+from metis import audio
+from metis.audio import AUDIO_SUFFIXES, AudioError
 
 
 def list_audio(folder: str | os.PathLike, what: str = "audio") -> list[str]:
@@ -32,22 +26,22 @@ def list_audio(folder: str | os.PathLike, what: str = "audio") -> list[str]:
         raise FileNotFoundError(f"{what} folder {str(root)!r} does not exist or is not a directory")
     paths = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
     if not paths:
-        raise AudioFileError(f"{what} folder {str(root)!r} holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
+        raise AudioError(f"{what} folder {str(root)!r} holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
     return paths
 
 
-def _to_mono(data: np.ndarray, name: str, sr: int, sample_rate: int, first_channel: bool = False) -> torch.Tensor:
-    """(frames, channels) -> (n,) at `sample_rate`: the channel mean, or channel 0 (for RIRs, whose
-    channels have different delays and must not be averaged)."""
-    if data.size == 0:
-        raise AudioFileError(f"{name}: zero-length audio")
-    mono = data[:, 0] if first_channel else data.mean(axis=1)
-    wav = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
-    if not torch.isfinite(wav).all():
-        raise AudioFileError(f"{name}: audio contains NaN/inf samples")
-    if sr != sample_rate:
-        wav = AF.resample(wav, sr, sample_rate)
-    return wav
+def _read(src: str | bytes, name: str, sample_rate: int, start: int, frames: int, first_channel: bool) -> torch.Tensor:
+    """Mono float32 at `sample_rate`: the channel mean, or channel 0 (for RIRs, whose channels have
+    different delays and must not be averaged)."""
+    wav, sr = audio.read(src, start=start, frames=frames, channel=0 if first_channel else None, name=name)
+    return audio.resample(torch.from_numpy(wav), sr, sample_rate)
+
+
+def _frames(src: str | bytes, name: str) -> tuple[int, int]:
+    frames, sr = audio.info(src, name)
+    if frames <= 0:
+        raise AudioError(f"{name}: zero-length audio", "empty_audio")
+    return frames, sr
 
 
 @dataclass(frozen=True)
@@ -58,21 +52,11 @@ class FileSource:
 
     def frames(self) -> tuple[int, int]:
         """(frames, rate) from the header."""
-        try:
-            info = sf.info(self.path)
-        except Exception as exn:  # soundfile raises LibsndfileError, RuntimeError, ...
-            raise AudioFileError(f"{self.path}: cannot read audio ({type(exn).__name__}: {exn})") from None
-        if info.frames <= 0:
-            raise AudioFileError(f"{self.path}: zero-length audio")
-        return info.frames, info.samplerate
+        return _frames(self.path, self.path)
 
     def read(self, sample_rate: int, start: int = 0, frames: int = -1, first_channel: bool = False) -> torch.Tensor:
         """Mono float32 at `sample_rate`; `start`/`frames` count samples at the file's own rate."""
-        try:
-            data, sr = sf.read(self.path, start=start, frames=frames, dtype="float32", always_2d=True)
-        except Exception as exn:
-            raise AudioFileError(f"{self.path}: cannot read audio ({type(exn).__name__}: {exn})") from None
-        return _to_mono(data, self.path, sr, sample_rate, first_channel)
+        return _read(self.path, self.path, sample_rate, start, frames, first_channel)
 
 
 @dataclass(frozen=True)
@@ -94,28 +78,16 @@ class MemberSource:
             return f.read(self.size)
 
     def frames(self) -> tuple[int, int]:
-        try:
-            info = sf.info(io.BytesIO(self._bytes()))
-        except Exception as exn:
-            raise AudioFileError(f"{self.name}: cannot read audio ({type(exn).__name__}: {exn})") from None
-        if info.frames <= 0:
-            raise AudioFileError(f"{self.name}: zero-length audio")
-        return info.frames, info.samplerate
+        return _frames(self._bytes(), self.name)
 
     def read(self, sample_rate: int, start: int = 0, frames: int = -1, first_channel: bool = False) -> torch.Tensor:
-        if self.size == 0:
-            raise AudioFileError(f"{self.name}: zero-length audio")
-        try:
-            data, sr = sf.read(io.BytesIO(self._bytes()), start=start, frames=frames, dtype="float32", always_2d=True)
-        except Exception as exn:
-            raise AudioFileError(f"{self.name}: cannot read audio ({type(exn).__name__}: {exn})") from None
-        return _to_mono(data, self.name, sr, sample_rate, first_channel)
+        return _read(self._bytes(), self.name, sample_rate, start, frames, first_channel)
 
 
 def index_shard(shard: str) -> list[MemberSource]:
     """The audio members of one tar shard (headers only, no audio decoded)."""
     if "://" in shard or shard.startswith("pipe:"):
-        raise AudioFileError(f"{shard}: only local, uncompressed tar shards can be indexed for random access")
+        raise AudioError(f"{shard}: only local, uncompressed tar shards can be indexed for random access")
     out = []
     try:
         with tarfile.open(shard, "r:") as tar:
@@ -123,7 +95,7 @@ def index_shard(shard: str) -> list[MemberSource]:
                 if info.isfile() and Path(info.name).suffix.lower() in AUDIO_SUFFIXES:
                     out.append(MemberSource(shard, info.name, info.offset_data, info.size))
     except (tarfile.TarError, OSError) as exn:
-        raise AudioFileError(f"{shard}: cannot index shard ({type(exn).__name__}: {exn})") from None
+        raise AudioError(f"{shard}: cannot index shard ({type(exn).__name__}: {exn})") from None
     return out
 
 

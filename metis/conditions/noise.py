@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from metis.conditions import _random as R
-from metis.conditions.audio_files import (AudioFileError, FileSource, MemberSource, index_shard, list_audio,
+from metis.conditions.audio_files import (AudioError, FileSource, MemberSource, index_shard, list_audio,
                                           read_window)
 from metis.conditions.signal import SILENCE_POWER, as_wave, power, random_fit
 
@@ -83,7 +83,7 @@ class NoiseBank:
     @classmethod
     def from_files(cls, paths: Sequence[str | os.PathLike], sample_rate: int = 16000) -> "NoiseBank":
         if not paths:
-            raise AudioFileError("NoiseBank.from_files: empty file list")
+            raise AudioError("NoiseBank.from_files: empty file list")
         return cls("files", sources=[FileSource(os.fspath(p)) for p in paths], sample_rate=sample_rate,
                    name=f"{len(paths)} files")
 
@@ -143,7 +143,7 @@ class NoiseBank:
 
     def validate(self) -> int:
         """Read every file's header now (an eager check of a folder/shard set); returns the count.
-        Raises AudioFileError naming the first bad file."""
+        Raises AudioError naming the first bad file."""
         count = 0
         if self.kind == "shards":
             for s in self.shards:
@@ -159,7 +159,7 @@ class NoiseBank:
         if shard not in self._shard_index:
             members = index_shard(shard)
             if not members:
-                raise AudioFileError(f"{shard}: shard holds no audio members")
+                raise AudioError(f"{shard}: shard holds no audio members")
             self._shard_index[shard] = members
         return self._shard_index[shard]
 
@@ -180,7 +180,7 @@ class NoiseBank:
                 if power(seg) >= SILENCE_POWER:
                     return seg, {"noise": "file", "noise_file": name}
             names.append(name)
-        raise AudioFileError(f"NoiseBank: {self.MAX_TRIES} silent noise windows in a row, from "
+        raise AudioError(f"NoiseBank: {self.MAX_TRIES} silent noise windows in a row, from "
                              f"{', '.join(sorted(set(names))[:4])}")
 
     def _babble(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:

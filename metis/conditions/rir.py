@@ -140,9 +140,9 @@ class RIRBank:
         rir = FileSource(path).read(self.sample_rate, first_channel=True)
         peak = float(rir.abs().max())
         if peak == 0.0:
-            from metis.conditions.audio_files import AudioFileError
+            from metis.audio import AudioError
 
-            raise AudioFileError(f"{path}: silent RIR (all zeros)")
+            raise AudioError(f"{path}: silent RIR (all zeros)")
         rir = rir / peak
         self._cache[path] = rir
         if len(self._cache) > self.CACHE:

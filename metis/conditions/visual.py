@@ -2,8 +2,32 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+def load_video_features(path: str | os.PathLike) -> torch.Tensor:
+    """l2s visual features (t_v, c) at 25 fps from .npy or .pt/.pth (a tensor; loaded weights-only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video features file {path} does not exist")
+    if path.suffix == ".npy":
+        feats = torch.from_numpy(np.load(path, allow_pickle=False))
+    elif path.suffix in (".pt", ".pth"):
+        feats = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(feats, torch.Tensor):
+            raise ValueError(f"video features file {path} holds a {type(feats).__name__}, expected a tensor (T_v, c)")
+    else:
+        raise ValueError(f"video features file {path}: expected .npy or .pt, got {path.suffix!r}")
+    if feats.dim() == 3 and feats.shape[0] == 1:
+        feats = feats[0]
+    if feats.dim() != 2 or feats.shape[0] == 0:
+        raise ValueError(f"video features file {path}: expected (T_v, c), got shape {tuple(feats.shape)}")
+    return feats.float()
 
 
 def upsample_visual(vis: torch.Tensor, prompt_frames: int = 0) -> torch.Tensor:

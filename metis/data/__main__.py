@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("tokenize", parents=[common], help="shards -> token shards (resumable)")
     t.add_argument("shards", help="shard pattern, e.g. 'data/x/shard-{000000..000099}.tar' or a folder")
     t.add_argument("out_dir")
-    t.add_argument("--tokenizer", required=True, help="spec: kmeans:DIR | semantic[:{json}] | module:Factory[:ARG]")
+    t.add_argument("--tokenizer", required=True, help="spec: kmeans:DIR | semantic[:{json}] | acoustic | a _target_ node as JSON")
     t.add_argument("--acoustic", default=None, help="acoustic tokenizer spec (adds ac.npy)")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...")
     t.add_argument("--batch-seconds", type=float, default=200.0)

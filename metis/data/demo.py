@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -33,12 +32,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-import soundfile as sf
 import torch
 
-from metis.data import audio as A
-from metis.data.prepare import Source, discover_manifest, write_json_atomic, write_shards
+from metis import audio
+from metis.atomic import write_json, write_text
+from metis.data.prepare import discover_manifest, write_shards
 from metis.data.shards import TOKENIZER_MEMBER, audio_ext, expand_shards, iter_tar
 
 ASTERISK_DIR = Path("/usr/share/asterisk/sounds/en")
@@ -157,9 +155,8 @@ def synthesize(text: str, voice: str, dst: Path, rate: int, speed: int, pitch: i
     with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
         subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", tmp.name, text],
                        check=True, capture_output=True)
-        wav, sr = sf.read(tmp.name, dtype="float32")
-    wav = A.resample(wav, sr, rate).numpy()
-    sf.write(dst, np.clip(wav, -1, 1), rate, subtype="PCM_16")
+        wav, sr = audio.read(tmp.name)
+    audio.save(dst, audio.resample(wav, sr, rate), rate)
 
 
 def build_raw(cfg: DemoConfig, progress: bool = True) -> Path:
@@ -211,9 +208,7 @@ def build_raw(cfg: DemoConfig, progress: bool = True) -> Path:
             rows.append({"path": dst.name, "id": dst.stem, "text": text, "speaker": f"espeak-{voice}",
                          "language": "en", "origin": "espeak-ng", "voice": voice, "speed": speed, "pitch": pitch,
                          "split": split})
-    tmp = manifest.with_name(f"manifest.jsonl.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, manifest)
+    write_text(manifest, "".join(json.dumps(r) + "\n" for r in rows))
     return manifest
 
 
@@ -224,10 +219,10 @@ def iter_wavs(shards, rate: int) -> Iterator[torch.Tensor]:
             if s["__key__"] == TOKENIZER_MEMBER or audio_ext(s) is None:
                 continue
             try:
-                wav, sr = A.decode(s[audio_ext(s)])
-            except A.AudioError:
+                wav, sr = audio.read(s[audio_ext(s)])
+            except audio.AudioError:
                 continue
-            yield A.resample(wav, sr, rate)
+            yield audio.resample(torch.from_numpy(wav), sr, rate)
 
 
 def build_demo(cfg: DemoConfig | None = None, progress: bool = True, log=print) -> dict:
@@ -292,7 +287,7 @@ def build_demo(cfg: DemoConfig | None = None, progress: bool = True, log=print) 
         "build_s": round(time.time() - t0, 1),
         "config": _jsonable(cfg),
     }
-    write_json_atomic(done, summary)
+    write_json(done, summary)
     return summary
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from metis.data import audio as A
+from metis import audio
 from metis.data import skips as S
 from metis.data.batching import TokenBudgetBatcher, token_budget_batches
 from metis.data.collate import Item, collate
@@ -265,8 +265,8 @@ class ShardStream(IterableDataset):
         out = []
         for it in items:
             try:
-                wav, sr = A.decode(it.audio)
-            except A.AudioError as exn:
+                wav, sr = audio.read(it.audio)
+            except audio.AudioError as exn:
                 counter.skip(exn.reason, f"{it.url}:{it.key}", str(exn))
                 continue
             dur, claimed = len(wav) / sr, float(it.meta["duration"])
@@ -277,7 +277,7 @@ class ShardStream(IterableDataset):
                 counter.skip("silent_audio", f"{it.url}:{it.key}", "all-zero audio")
                 continue
             for f in wants:
-                it.wavs[f] = A.resample(wav, sr, WAV_RATES[f])
+                it.wavs[f] = audio.resample(torch.from_numpy(wav), sr, WAV_RATES[f])
             it.audio = None  # free the encoded bytes
             out.append(it)
         return out

@@ -29,7 +29,8 @@ from typing import Iterator
 
 import numpy as np
 
-from metis.data import audio as A
+from metis import audio
+from metis.atomic import write_json
 from metis.data.shards import ShardSink
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus")
@@ -168,8 +169,8 @@ def process(src: Source, sample_rate: int | None, min_dur: float, max_dur: float
     """One source file -> ([(key, members, seconds, speaker)], skip reasons)."""
     skipped: Counter = Counter()
     try:
-        wav, sr = A.read_file(src.path)
-    except A.AudioError as exn:
+        wav, sr = audio.read(src.path)
+    except audio.AudioError as exn:
         skipped[exn.reason] += 1
         return [], skipped
     except OSError:
@@ -177,7 +178,7 @@ def process(src: Source, sample_rate: int | None, min_dur: float, max_dur: float
         return [], skipped
     rate = sample_rate or min(sr, 24000)
     if rate != sr:
-        wav = A.resample(wav, sr, rate).numpy()
+        wav = audio.resample(wav, sr, rate)
     pieces = split_points(wav, rate, max_dur) if len(wav) > max_dur * rate else [(0, len(wav))]
     out = []
     for i, (a, b) in enumerate(pieces):
@@ -195,7 +196,7 @@ def process(src: Source, sample_rate: int | None, min_dur: float, max_dur: float
                 **src.extra}
         if len(pieces) > 1:
             meta["segment"] = [round(a / rate, 4), round(b / rate, 4)]
-        out.append((key, {"flac": A.encode_flac(seg, rate), "json": json.dumps(meta).encode()}, dur, src.speaker))
+        out.append((key, {"flac": audio.encode_flac(seg, rate), "json": json.dumps(meta).encode()}, dur, src.speaker))
     return out, skipped
 
 
@@ -254,15 +255,8 @@ def write_shards(sources: list[Source], out_dir: str | os.PathLike, *, sample_ra
     summary = {"out_dir": str(out_dir), "files": len(sources), "samples": sink.samples,
                "hours": round(seconds / 3600, 4), "speakers": len(speakers), "shards": len(paths),
                "shard_names": [p.name for p in paths], "skipped": dict(skipped)}
-    write_json_atomic(Path(out_dir) / "prepare.json", summary)
+    write_json(Path(out_dir) / "prepare.json", summary)
     return summary
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, layout: str = "auto",
@@ -277,5 +271,5 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, layout: str
     layout, sources = discover(input, layout, language)
     summary = write_shards(sources, out_dir, **kw)
     summary["layout"] = layout
-    write_json_atomic(done, summary)
+    write_json(done, summary)
     return summary

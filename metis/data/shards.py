@@ -23,6 +23,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from metis import audio
+from metis.atomic import atomic_write
+
 TOKENIZER_MEMBER = "__tokenizer__"
 AUDIO_EXTS = ("flac", "mp3", "wav", "ogg", "opus", "m4a")
 REQUIRED_JSON = ("id", "text", "duration", "speaker", "language")
@@ -90,16 +93,16 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 class ShardWriter:
-    """Writes one tar atomically: members go to `{path}.tmp-{pid}`, renamed to `path` on `close()`.
+    """Writes one tar atomically (`metis.atomic.atomic_write`): members go to a temporary file beside
+    `path`, renamed to `path` on `close()`.
 
     Use as a context manager; on an exception the temporary file is removed and `path` is untouched.
     """
 
     def __init__(self, path: str | os.PathLike, tokenizers: dict[str, dict] | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-        self._tar = tarfile.open(self.tmp, "w")
+        self._file = atomic_write(self.path)
+        self._tar = tarfile.open(self._file.tmp, "w")
         self.count = 0
         self.nbytes = 0
         if tokenizers:
@@ -116,11 +119,11 @@ class ShardWriter:
 
     def close(self) -> None:
         self._tar.close()
-        os.replace(self.tmp, self.path)
+        self._file.commit()
 
     def abort(self) -> None:
         self._tar.close()
-        self.tmp.unlink(missing_ok=True)
+        self._file.abort()
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -246,3 +249,22 @@ def audio_ext(sample: dict) -> str | None:
         if ext in sample:
             return ext
     return None
+
+
+def decoded_samples(samples, skipped, require_json: bool = False):
+    """(sample, wav, sr) for each decodable audio sample of a shard's samples (the tokenizer member
+    skipped); a sample without audio (or json, when required) or with undecodable audio is counted
+    in `skipped` under its reason and passed over."""
+    for sample in samples:
+        if sample["__key__"] == TOKENIZER_MEMBER:
+            continue
+        ext = audio_ext(sample)
+        if ext is None or (require_json and "json" not in sample):
+            skipped["missing_field"] += 1
+            continue
+        try:
+            wav, sr = audio.read(sample[ext], name=f"{sample.get('__url__', 'shard')}:{sample['__key__']}.{ext}")
+        except audio.AudioError as exn:
+            skipped[exn.reason] += 1
+            continue
+        yield sample, wav, sr

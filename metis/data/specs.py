@@ -1,69 +1,77 @@
-"""Tokenizer specs: one string picks the tokenizer used by `tokenize`, `stats` and the loader checks.
+"""Tokenizers by name: short aliases for the Hydra `_target_` nodes that build them.
 
-    kmeans:data/demo/tokenizer          the fitted demo tokenizer (metis.tokenizers.kmeans)
-    semantic                            w2v-BERT 2.0 + RepCodec (metis.tokenizers.semantic.SemanticTokenizer)
-    semantic:{"device": "cuda"}         ... with constructor keyword arguments (JSON object)
-    acoustic                            the 24 kHz acoustic codec (metis.tokenizers.acoustic.AcousticTokenizer)
+`tokenize`, `stats`, the loader checks and the fine-tune's feature extractor take a tokenizer as a
+`_target_` node (any callable returning a SpeechTokenizer) or as one of these aliases for one:
+
+    kmeans:data/demo/tokenizer          {_target_: metis.tokenizers.kmeans.KMeansTokenizer.load, directory: ...}
+    semantic                            {_target_: metis.tokenizers.semantic.SemanticTokenizer}
+    semantic:{"device": "cuda"}         ... with keyword arguments (a JSON object)
+    acoustic                            {_target_: metis.tokenizers.acoustic.AcousticTokenizer}
     w2v-bert                            w2v-BERT 2.0 layer-17 features only (for `stats`)
-    pkg.module:Factory[:ARG]            any callable returning a SpeechTokenizer
 
-ARG is a JSON object (keyword arguments) or a plain string (one positional argument, e.g. a path).
-Modules are imported only when the spec is loaded, so the data package depends on the tokenizer
+On the command line a node is written as JSON: ``--tokenizer '{"_target_": "pkg.mod.Factory", "arg": 1}'``.
+Modules are imported only when the node is built, so the data package depends on the tokenizer
 interface alone.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
+from collections.abc import Mapping
 
-ALIASES = {
-    "kmeans": "metis.tokenizers.kmeans:KMeansTokenizer.load",
-    "semantic": "metis.tokenizers.semantic:SemanticTokenizer",
-    "acoustic": "metis.tokenizers.acoustic:AcousticTokenizer",
-    "w2v-bert": "metis.tokenizers.semantic:W2vBertFeatureExtractor",  # features only (for `stats`)
+# alias -> (`_target_`, the keyword that a plain-string argument fills)
+ALIASES: Mapping[str, tuple[str, str | None]] = {
+    "kmeans": ("metis.tokenizers.kmeans.KMeansTokenizer.load", "directory"),
+    "semantic": ("metis.tokenizers.semantic.SemanticTokenizer", None),
+    "acoustic": ("metis.tokenizers.acoustic.AcousticTokenizer", None),
+    "w2v-bert": ("metis.tokenizers.semantic.W2vBertFeatureExtractor", None),  # features only (for `stats`)
 }
 
 
-def _resolve(target: str):
-    module, _, attr = target.partition(":")
-    obj = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def parse_spec(spec: str) -> tuple[str, list, dict]:
-    """-> (target 'module:attr', args, kwargs)."""
-    head, _, rest = spec.partition(":")
-    if head in ALIASES:
-        target, arg = ALIASES[head], rest
-    else:
-        mod_attr, _, arg = rest.partition(":")
-        if not mod_attr:
-            raise ValueError(f"tokenizer spec {spec!r}: expected one of {sorted(ALIASES)} or 'module:Factory[:ARG]'")
-        target = f"{head}:{mod_attr}"
-    if not arg:
-        return target, [], {}
-    if arg.lstrip().startswith("{"):
+def tokenizer_node(spec: str | Mapping) -> dict:
+    """An alias string or a `_target_` node (a mapping, or its JSON) -> the `_target_` node."""
+    if isinstance(spec, Mapping):
+        node = dict(spec)
+    elif spec.lstrip().startswith("{"):
         try:
-            kwargs = json.loads(arg)
+            node = json.loads(spec)
         except json.JSONDecodeError as exn:
-            raise ValueError(f"tokenizer spec {spec!r}: bad JSON arguments ({exn})") from None
-        return target, [], kwargs
-    return target, [arg], {}
+            raise ValueError(f"tokenizer spec {spec!r}: bad JSON ({exn})") from None
+    else:
+        head, _, arg = spec.partition(":")
+        if head not in ALIASES:
+            raise ValueError(f"tokenizer spec {spec!r}: expected one of {sorted(ALIASES)} or a _target_ node")
+        target, positional = ALIASES[head]
+        node = {"_target_": target}
+        if arg.lstrip().startswith("{"):
+            try:
+                node.update(json.loads(arg))
+            except json.JSONDecodeError as exn:
+                raise ValueError(f"tokenizer spec {spec!r}: bad JSON arguments ({exn})") from None
+        elif arg:
+            if positional is None:
+                raise ValueError(f"tokenizer spec {spec!r}: {head} takes keyword arguments only ({head}:{{...}})")
+            node[positional] = arg
+    if not isinstance(node, dict) or "_target_" not in node:
+        raise ValueError(f"tokenizer spec {spec!r}: a node needs a _target_")
+    return node
 
 
-def load_tokenizer(spec: str, device: str | None = None,
+def load_tokenizer(spec: str | Mapping, device: str | None = None,
                    require: tuple[str, ...] = ("sample_rate", "frame_rate", "identity", "encode")):
-    """Build the tokenizer (or feature extractor) a spec names, check it has the `require`d
-    attributes, and move it to `device` when it has a `.to` method."""
-    target, args, kwargs = parse_spec(spec)
+    """Build the tokenizer (or feature extractor) a spec names (Hydra `instantiate`), check it has the
+    `require`d attributes, and move it to `device` when it has a `.to` method."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    node = tokenizer_node(spec)
     try:
-        factory = _resolve(target)
-    except (ImportError, AttributeError) as exn:
-        raise ValueError(f"tokenizer spec {spec!r}: cannot import {target} ({exn})") from None
-    tok = factory(*args, **kwargs)
+        tok = instantiate(node, _convert_="all")
+    except InstantiationException as exn:
+        cause = exn.__cause__
+        if cause is None or isinstance(cause, (ImportError, AttributeError)):  # a _target_ that names nothing
+            raise ValueError(f"tokenizer spec {spec!r}: cannot build {node['_target_']} ({exn})") from None
+        raise cause from None  # the tokenizer's own error (a missing folder, a bad argument), which names it
     for attr in require:
         if not hasattr(tok, attr):
             raise TypeError(f"tokenizer spec {spec!r} built {type(tok).__name__}, which lacks `{attr}`")

@@ -16,8 +16,8 @@ from typing import Sequence
 
 import torch
 
-from metis.data import audio as A
-from metis.data.shards import expand_shards, iter_tar
+from metis import audio
+from metis.data.shards import decoded_samples, expand_shards, iter_tar
 
 
 class RunningStats:
@@ -69,14 +69,9 @@ class RunningStats:
         return {"mean": self.mean.float(), "var": var.float(), "std": var.sqrt().float()}
 
     def save(self, path: str | os.PathLike) -> Path:
-        from safetensors.torch import save_file
+        from metis.checkpoints.io import save_safetensors
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        save_file({k: v.contiguous() for k, v in self.result().items()}, str(tmp), metadata={"frames": str(self.n)})
-        os.replace(tmp, path)
-        return path
+        return save_safetensors(self.result(), path, metadata={"frames": str(self.n)})
 
 
 def feature_fn(extractor):
@@ -106,8 +101,8 @@ def compute_stats(shards: str | Sequence[str], extractor, out_path: str | os.Pat
     bar = tqdm(total=len(urls), desc="stats", unit="shard", disable=not progress)
     for url in urls:
         samples = iter_tar(url, handler=lambda e: skipped.update(["shard_error"]) or True)
-        for _, wav, sr in A.decoded_samples(samples, skipped):
-            batch.append(A.resample(wav, sr, extractor.sample_rate))
+        for _, wav, sr in decoded_samples(samples, skipped):
+            batch.append(audio.resample(torch.from_numpy(wav), sr, extractor.sample_rate))
             batch_s += len(wav) / sr
             seconds += len(wav) / sr
             if batch_s >= batch_seconds:

@@ -20,8 +20,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from metis.data import audio as A
-from metis.data.shards import ShardWriter, expand_shards, iter_tar, npy_bytes, read_tokenizers
+from metis import audio
+from metis.atomic import write_json
+from metis.data.shards import ShardWriter, decoded_samples, expand_shards, iter_tar, npy_bytes, read_tokenizers
 
 TOKEN_MEMBERS = ("sem.npy", "ac.npy")
 
@@ -45,14 +46,11 @@ def _check_out_dir(out_dir: Path, ids: dict) -> None:
             raise TokenizerMismatch(f"{out_dir} holds token shards made by {have}; the configured tokenizer is "
                                     f"{ids}. Refusing to mix them: use another output directory.")
         return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_name(f"tokenizer.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(ids, indent=2, sort_keys=True))
-    os.replace(tmp, marker)
+    write_json(marker, ids, sort_keys=True)
 
 
 def _encode(tok, wavs: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
-    inputs = [A.resample(w, sr, tok.sample_rate) for w, sr in wavs]
+    inputs = [audio.resample(torch.from_numpy(w), sr, tok.sample_rate) for w, sr in wavs]
     codes = tok.encode(inputs)
     if len(codes) != len(inputs):
         raise RuntimeError(f"{type(tok).__name__}.encode returned {len(codes)} outputs for {len(inputs)} inputs")
@@ -99,7 +97,7 @@ def tokenize_shard(src: str, dst: Path, tokenizer, acoustic=None, *, keep_audio:
             return True
 
         secs = 0.0
-        for sample, wav, sr in A.decoded_samples(iter_tar(src, handler=handler), skipped, require_json=True):
+        for sample, wav, sr in decoded_samples(iter_tar(src, handler=handler), skipped, require_json=True):
             pending.append((sample, wav, sr))
             secs += len(wav) / sr
             if secs >= batch_seconds:

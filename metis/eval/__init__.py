@@ -3,7 +3,7 @@
 ``python -m metis.eval --help`` scores a folder or manifest of generated audio per task (see
 ``metis.eval.cli``); ``metis.eval.metrics`` holds the metric classes behind one ``Metric.score`` interface.
 """
-from metis.eval.audio import Audio, load
+from metis.audio import Audio, load
 from metis.eval.metrics import METRIC_NAMES, Metric, MetricOptions, MetricUnavailable, build_metrics
 from metis.eval.protocols import TASK_METRICS, Item, read_manifest, write_manifest
 from metis.eval.report import summarize, write_report

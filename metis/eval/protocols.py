@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from metis import tasks as registry
+from metis.atomic import write_text
 
 #: the metric set per task, from the registry (docs/reference.md §10.8 for the published tasks): intrusive metrics run
 #: only where a clean reference exists
@@ -87,10 +88,7 @@ def read_manifest(path: str | Path) -> list[Item]:
 
 
 def write_manifest(items: list[Item], path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for it in items:
-            f.write(json.dumps(it.to_json(), ensure_ascii=False) + "\n")
+    write_text(path, "".join(json.dumps(it.to_json(), ensure_ascii=False) + "\n" for it in items))
 
 
 def read_folder(gen_dir: str | Path, *, reference_dir: str | Path | None = None,

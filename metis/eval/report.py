@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from pathlib import Path
 
 import numpy as np
 
+from metis.atomic import atomic_write, write_json, write_text
 from metis.eval.published import published_markdown
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for r in rows:
@@ -203,12 +203,10 @@ def write_report(rows: list[dict], out_dir: str | Path, *, task: str, metrics: l
     _write_csv(paths["per_utterance"], rows, ["id", "subset", "seconds"]
                + [k for k in keys if not k.endswith("_corpus")] + counts + text_cols)
     _write_csv(paths["results_csv"], summary, list(summary[0]))
-    paths["results_md"].write_text(markdown(summary, task=task, metrics=metrics, notes=notes, stats=stats,
-                                            protocol=protocol),
-                                   encoding="utf-8")
-    paths["run"].write_text(json.dumps({"task": task, "metrics": metrics, "notes": notes, "stats": stats,
-                                        "settings": settings, "summary": summary}, indent=2, default=str),
-                            encoding="utf-8")
+    write_text(paths["results_md"], markdown(summary, task=task, metrics=metrics, notes=notes, stats=stats,
+                                             protocol=protocol))
+    write_json(paths["run"], {"task": task, "metrics": metrics, "notes": notes, "stats": stats,
+                              "settings": settings, "summary": summary}, default=str)
     if make_plots:
         for p in plot(rows, out / "plots", task=task):
             paths[p.stem] = p

@@ -5,12 +5,19 @@ import logging
 import math
 import time
 from collections import defaultdict
+from functools import lru_cache
 
-from metis.eval.audio import Audio, load, load_cached
+from metis.audio import Audio, load
 from metis.eval.metrics.base import Metric, MetricUnavailable
 from metis.eval.protocols import Item
 
 log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=256)
+def load_cached(path: str) -> Audio:
+    """`load` for files read many times in one run (prompts shared by several utterances)."""
+    return load(path, validate=False)
 
 
 def score_audio(metrics: list[Metric], audio: Audio, item: Item, reference: Audio | None, prompt: Audio | None,
@@ -51,7 +58,7 @@ def evaluate(items: list[Item], metrics: list[Metric], *, score_input: bool = Fa
         if it.text is not None:
             row["text"] = it.text
         try:  # an unreadable item is counted and flagged; the others are still scored and written
-            audio = load(it.wav)
+            audio = load(it.wav, validate=False)
             reference = load_cached(str(it.reference)) if it.reference else None
             prompt = load_cached(str(it.prompt)) if it.prompt else None
         except Exception as e:  # noqa: BLE001 - missing, truncated, not audio: all the same to the report
@@ -63,7 +70,7 @@ def evaluate(items: list[Item], metrics: list[Metric], *, score_input: bool = Fa
         score_audio(metrics, audio, it, reference, prompt, "", row, failures, timing)
         if score_input and it.input is not None:
             try:
-                source = load(it.input)
+                source = load(it.input, validate=False)
             except Exception as e:  # noqa: BLE001
                 failures["unreadable_input"] += 1
                 _flag(row, f"unreadable input: {e}")

@@ -20,8 +20,6 @@ strict; a missing file raises CheckpointNotFoundError naming the file and where 
 from __future__ import annotations
 
 import functools
-import importlib
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,56 +30,39 @@ from torch import nn
 
 from metis import tasks as registry
 from metis.checkpoints import published
-from metis.checkpoints.io import CheckpointNotFoundError, load_into, read_safetensors, resolve
+from metis.checkpoints.io import CheckpointNotFoundError, load_into, read_safetensors
+from metis.checkpoints.sources import EXPORT_CONFIG, EXPORT_WEIGHTS, Resolved, build_export, is_repo_id, resolve_source
 from metis.inference.pipeline import Pipeline
 from metis.inference.tasks import TASKS
-
-EXPORT_WEIGHTS = "model.safetensors"
-EXPORT_CONFIG = "config.json"
 
 # task -> (default repo role, kind of the whole-model file): the registry's published checkpoints
 STAGE1_KINDS: Mapping[str, tuple[str, str]] = {name: spec.checkpoint for name, spec in registry.TASKS.items()
                                                if spec.checkpoint is not None}
-DEFAULT_CLASSES = {"stage1": "metis.models.metis_stage1.MetisStage1", "s2a": "metis.models.s2a.MaskGCTS2A"}
+DEFAULT_CLASSES = {"stage1": published.STAGE1, "s2a": published.S2A}
 
 
-def _export_files(source: str | os.PathLike) -> tuple[Path, Path] | None:
-    """(weights, config) if `source` is an export folder or a weights file with config.json beside it."""
+def _export(source: str | os.PathLike | None) -> Resolved | None:
+    """The export `source` names (weights with config.json), or None: a published file, folder or repo."""
+    if source is None or is_repo_id(source):
+        return None
     p = Path(source).expanduser()
-    if p.is_dir() and (p / EXPORT_CONFIG).is_file():
-        weights = p / EXPORT_WEIGHTS
-        if not weights.is_file():
-            raise CheckpointNotFoundError(f"export folder {p} has {EXPORT_CONFIG} but no {EXPORT_WEIGHTS}: expected the weights at {weights}")
-        return weights, p / EXPORT_CONFIG
-    if p.is_file() and (p.parent / EXPORT_CONFIG).is_file() and p.suffix == ".safetensors":
-        return p, p.parent / EXPORT_CONFIG
-    return None
+    if not (p.is_file() or (p / EXPORT_WEIGHTS).is_file() or (p / EXPORT_CONFIG).is_file()):
+        return None  # a folder laid out like the published repo
+    found = resolve_source(p)
+    return found if found.is_export else None
 
 
 def load_export(source: str | os.PathLike, role: str, device: str | torch.device = "cpu") -> nn.Module:
     """A model written by `ExportSafetensors`: build the class in config.json (`_target_`, default the
     role's class) with the config's arguments, then load the weights strictly."""
-    files = _export_files(source)
-    if files is None:
+    found = _export(source)
+    if found is None:
         raise CheckpointNotFoundError(f"{source} is not an export: expected {EXPORT_CONFIG} and {EXPORT_WEIGHTS} in one folder")
-    weights, config_path = files
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path}: not valid JSON ({e})") from e
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path}: expected a JSON object of constructor arguments")
-    target = config.pop("_target_", DEFAULT_CLASSES[role])
-    module, _, name = target.rpartition(".")
-    cls = getattr(importlib.import_module(module), name, None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"{config_path}: _target_ {target!r} is not an nn.Module class")
     with torch.device(device):
-        try:
-            model = cls(**config)
-        except TypeError as e:
-            raise ValueError(f"{config_path}: cannot build {target} from its keys: {e}") from e
-    load_into(model, read_safetensors(weights, device), source=str(weights))
+        model = build_export(found.config, DEFAULT_CLASSES[role], source=found.config_path)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{found.config_path}: _target_ {found.config.get('_target_')!r} is not an nn.Module class")
+    load_into(model, read_safetensors(found.path, device), source=str(found.path))
     return model
 
 
@@ -96,7 +77,7 @@ def load_stage1(task: str, source: str | os.PathLike | None = None, *, metis: st
         overrides: constructor arguments replacing the released config (other model sizes).
     """
     registry.get(task)  # a KeyError naming the tasks
-    if source is not None and _export_files(source) is not None:
+    if _export(source) is not None:
         return load_export(source, "stage1", device)
     if task not in STAGE1_KINDS:
         raise CheckpointNotFoundError(f"no published stage-1 checkpoint for task {task!r}: pass your fine-tune's export "
@@ -124,7 +105,7 @@ def load_s2a(which: str, source: str | os.PathLike = published.MASKGCT_REPO, *, 
     """`which` = "s2a_1layer" or "s2a_full" from amphion/MaskGCT (repo id or folder), a file, or an export."""
     if which not in ("s2a_1layer", "s2a_full"):
         raise KeyError(f"which must be 's2a_1layer' or 's2a_full', got {which!r}")
-    if _export_files(source) is not None:
+    if _export(source) is not None:
         return load_export(source, "s2a", device)
     return published.load(f"maskgct_{which}", source, device=device, **dict(overrides or {}))
 
@@ -136,12 +117,12 @@ SOURCE_KEYS = {"metis": "pipeline.metis", "maskgct": "pipeline.maskgct", "w2v_be
 
 
 def _missing(source: str | os.PathLike, filename: str) -> str | None:
-    """None if `filename` of `source` is found, else why not (`resolve`'s message)."""
+    """None if `filename` of `source` is found, else why not (`resolve_source`'s message)."""
     p = Path(source).expanduser()
-    if not p.exists() and (str(source).startswith((".", "/", "~")) or str(source).count("/") != 1):  # a local folder
+    if not p.exists() and not is_repo_id(source):  # a local folder
         return f"expected the file at {p / filename} (there is no {p})"
     try:
-        resolve(source, filename)
+        resolve_source(source, filename)
     except CheckpointNotFoundError as e:
         if p.exists():
             return str(e)
@@ -152,7 +133,7 @@ def _missing(source: str | os.PathLike, filename: str) -> str | None:
 def _stage1_missing(task: str, source: str | os.PathLike) -> str | None:
     """None if the stage-1 files of `task` are there (an export, the whole-model file, or for se/tse/vc
     the published LoRA split), else one line saying what is missing."""
-    if _export_files(source) is not None:
+    if _export(source) is not None:
         return None
     kind = STAGE1_KINDS[task][1]
     full = _missing(source, published.kind_spec(kind).filename)
@@ -188,7 +169,7 @@ def missing_checkpoints(tasks: Sequence[str], *, metis: str, maskgct: str, w2v_b
     for role, kind, src in (*(("maskgct", kind, maskgct) for kind in needed),
                             ("s2a_1layer", "maskgct_s2a_1layer", s2a_1layer or maskgct),
                             ("s2a_full", "maskgct_s2a_full", s2a_full or maskgct)):
-        if _export_files(src) is None and (m := _missing(src, published.kind_spec(kind).filename)):
+        if _export(src) is None and (m := _missing(src, published.kind_spec(kind).filename)):
             problems.append(f"{kind} ({SOURCE_KEYS[role]}): {m}")
     for key in stage1_keys(tasks, omni):
         if key not in STAGE1_KINDS and not stage1.get(key):

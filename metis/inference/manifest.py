@@ -16,6 +16,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+from metis.atomic import write_text
 from metis.inference.pipeline import Pipeline, Result
 from metis.inference.tasks import Request
 
@@ -83,9 +84,4 @@ def run_manifest(pipeline: Pipeline, manifest: str | Path, output_dir: str | Pat
 
 
 def write_results(results: list[Result], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for r in results:
-            f.write(json.dumps(r.to_json()) + "\n")
-    return path
+    return write_text(path, "".join(json.dumps(r.to_json()) + "\n" for r in results))

@@ -25,8 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from metis import audio
 from metis import tasks as registry
-from metis.inference.audio import OUTPUT_SAMPLE_RATE, load_audio, load_video_features, save_audio, upsample_video_features
+from metis.audio import OUTPUT_SAMPLE_RATE
+from metis.conditions.visual import load_video_features, upsample_visual
 from metis.inference.generate import Item, generate
 from metis.inference.tasks import (S2A_1LAYER_DEFAULT, S2A_FULL_DEFAULT, SAMPLES_PER_FRAME_16K,
                                    STAGE1_DEFAULTS, TASKS, Request, S2ASettings, apply_overrides, chunk_starts, stitch,
@@ -166,8 +168,8 @@ class Pipeline:
         """A prompt file -> (16 kHz wav, semantic ids (tp,), acoustic codes (p, q)); cached per path."""
         key = ("prompt", str(path))
         if key not in self._prompt_cache:
-            w16 = load_audio(path, 16000)
-            w24 = load_audio(path, OUTPUT_SAMPLE_RATE)
+            w16 = audio.load_tensor(path, 16000)
+            w24 = audio.load_tensor(path, OUTPUT_SAMPLE_RATE)
             ids = self.semantic.encode([w16])[0].cpu()
             codes = self.acoustic.encode([w24])[0].cpu()
             self._prompt_cache[key] = (w16, ids, codes)
@@ -199,12 +201,12 @@ class Pipeline:
                          phones=phones, seed=_item_seed(req.seed, 0), **common)]
         if spec.input == "video":
             _, ids, codes = self._prompt_tokens(req.prompt)
-            vis = upsample_video_features(load_video_features(req.video_features))  # (2 T_v, c)
+            vis = upsample_visual(load_video_features(req.video_features))  # (2 T_v, c)
             cond = torch.cat([vis.new_zeros(ids.numel(), vis.shape[1]), vis])
             return [Item(chunk=0, start=0, prompt_ids=ids, target_len=vis.shape[0], acoustic_prompt=codes, keep_prompt=True,
                          finetune_cond=cond, seed=_item_seed(req.seed, 0), **common)]
         # an audio source: windows of it (chunked tasks), each with the whole prompt (prompted tasks)
-        src16 = load_audio(req.input, 16000)
+        src16 = audio.load_tensor(req.input, 16000)
         if not spec.prompt:
             p16, ids, codes = None, torch.zeros(0, dtype=torch.long), torch.zeros(0, q, dtype=torch.long)
         else:
@@ -303,7 +305,7 @@ class Pipeline:
                     if not torch.isfinite(wav).all():
                         raise FloatingPointError("the generated waveform has non-finite samples")
                     if req.output:
-                        save_audio(req.output, wav)
+                        audio.save(req.output, wav)
                     self.last_outputs[i] = wav
                     res.ok = True
                     res.audio_seconds = wav.numel() / OUTPUT_SAMPLE_RATE

@@ -40,9 +40,10 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import DeepSpeedStrategy
 
+from metis import audio
+from metis.audio import OUTPUT_SAMPLE_RATE
 from metis.checkpoints import published
-from metis.checkpoints.io import resolve
-from metis.inference.audio import OUTPUT_SAMPLE_RATE
+from metis.checkpoints.sources import is_repo_id, resolve_source
 from metis.inference.generate import Item, generate, seeded_noises
 from metis.inference.loading import load_s2a
 from metis.inference.tasks import FRAME_RATE, S2A_1LAYER_DEFAULT, S2A_FULL_DEFAULT, STAGE1_DEFAULTS
@@ -59,26 +60,11 @@ S2A_FILES = {"s2a_1layer": "s2a_model/s2a_model_1layer/model.safetensors",
              "s2a_full": "s2a_model/s2a_model_full/model.safetensors"}
 
 
-def _is_local(source: str | os.PathLike) -> bool:
-    """A path (existing, or spelled like one) rather than a Hugging Face repo id (org/name)."""
-    text = str(source)
-    return Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.count("/") != 1
-
-
 def check_source(source: str | os.PathLike, filename: str) -> None:
-    """Fail early, with the loader's own error, when a local source lacks `filename` (repo ids are
-    resolved, and downloaded if needed, on first use). Export folders (config.json inside) pass."""
-    if _is_local(source) and not (Path(source).expanduser() / "config.json").is_file():
-        resolve(source, filename)
-
-
-def write_wav_atomic(path: Path, wav: np.ndarray, sample_rate: int) -> None:
-    """16-bit PCM wav (clipped to [-1, 1]) through a temporary file and `os.replace`."""
-    import soundfile as sf
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    sf.write(str(tmp), np.clip(wav, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
+    """Fail early, with the resolver's own error, when a local source lacks `filename` (repo ids are
+    resolved, and downloaded if needed, on first use)."""
+    if not is_repo_id(source):
+        resolve_source(source, filename)
 
 
 class AudioSamples(L.Callback):
@@ -300,7 +286,7 @@ class AudioSamples(L.Callback):
         self.last_paths = []
         for i, wav in enumerate(wavs):
             path = folder / f"sample{i}.wav"
-            write_wav_atomic(path, wav, OUTPUT_SAMPLE_RATE)
+            audio.save(path, wav, OUTPUT_SAMPLE_RATE)
             self.last_paths.append(path)
         captions = [f"sample{i} (step {trainer.global_step}, {w.shape[0] / OUTPUT_SAMPLE_RATE:.2f} s)" for i, w in enumerate(wavs)]
         for logger in trainer.loggers:
@@ -310,4 +296,4 @@ class AudioSamples(L.Callback):
         log.info(f"audio samples at step {trainer.global_step}: {folder}")
 
 
-__all__ = ["AudioSamples", "check_source", "write_wav_atomic"]
+__all__ = ["AudioSamples", "check_source"]

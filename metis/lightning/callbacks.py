@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
+from metis.atomic import write_json
 from metis.checkpoints.deepspeed import gathered_state_dict
 from metis.checkpoints.io import save_safetensors
 from metis.tokenizers.acoustic import EXPORT_CONFIG
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON through a temporary file and `os.replace`: readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 class ExportSafetensors(L.Callback):
@@ -53,7 +45,7 @@ class ExportSafetensors(L.Callback):
             meta = {"global_step": str(trainer.global_step), "metis.train_frames": str(getattr(module, "frames_seen", 0))}
             save_safetensors(state, path, metadata=meta)
             if self.model_config is not None:
-                write_json_atomic(self.dirpath / "config.json", self.model_config)
+                write_json(self.dirpath / "config.json", self.model_config)
             rank_zero_info(f"exported weights at step {trainer.global_step} to {path}")
         self.last_path = path
         return path

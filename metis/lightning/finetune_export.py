@@ -8,10 +8,11 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
+from metis.atomic import write_json
 from metis.checkpoints.deepspeed import gathered_state_dict
 from metis.checkpoints.io import save_safetensors
 from metis.checkpoints.lora import ADAPTER_MODULE, adapter_state_dict, lora_state_dict, merged_state_dict
-from metis.lightning.callbacks import ExportSafetensors, write_json_atomic
+from metis.lightning.callbacks import ExportSafetensors
 from metis.lightning.finetune_module import FinetuneModule
 from metis.lightning.strategies import is_deepspeed
 
@@ -65,10 +66,10 @@ class ExportFinetuned(ExportSafetensors):
             else:
                 merged = state
             save_safetensors(merged, paths["model"], meta)
-            write_json_atomic(d / "finetune.json", {**module.run_record(), "global_step": trainer.global_step,
+            write_json(d / "finetune.json", {**module.run_record(), "global_step": trainer.global_step,
                                                "init_file": module.init_info.get("file")})
             if self.model_config is not None:
-                write_json_atomic(d / "config.json", self.model_config)
+                write_json(d / "config.json", self.model_config)
             rank_zero_info(f"exported the fine-tuned model at step {trainer.global_step} to {d}: "
                            + ", ".join(p.name for p in paths.values()))
         self.last_path = paths["model"]

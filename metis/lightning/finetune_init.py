@@ -7,17 +7,16 @@ model (the modules the fine-tune adds may be absent from it), and load a publish
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from torch import nn
 
-from metis.checkpoints.io import load_into, read_safetensors, resolve
+from metis.checkpoints.io import CheckpointNotFoundError, load_into, read_safetensors
 from metis.checkpoints.lora import ADAPTER_MODULE, TTS_TRAINABLE
+from metis.checkpoints.sources import resolve_source
 
 BASE_FILE = "metis_base/model.safetensors"  # inside a folder laid out like amphion/metis
-EXPORT_FILES = ("model.safetensors", "config.json")  # this project's export folder
 ARCH_KEYS = ("hidden_size", "num_layers", "num_heads", "cond_codebook_size", "phone_vocab_size")
 
 
@@ -42,26 +41,14 @@ def resolve_init(init: str | os.PathLike) -> tuple[Path, dict | None]:
     Raises:
         FileNotFoundError / CheckpointNotFoundError naming what was looked for.
     """
-    src = Path(os.fspath(init)).expanduser()
-    if src.is_file():
-        cfg = src.parent / "config.json"
-        return src, json.loads(cfg.read_text()) if cfg.is_file() else None
-    if src.is_dir():
-        if (src / EXPORT_FILES[0]).is_file():
-            cfg = src / EXPORT_FILES[1]
-            return src / EXPORT_FILES[0], json.loads(cfg.read_text()) if cfg.is_file() else None
-        if (src / BASE_FILE).is_file():
-            return src / BASE_FILE, None
-        raise FileNotFoundError(f"init={init}: the folder holds neither {EXPORT_FILES[0]} (+ {EXPORT_FILES[1]}, an export "
-                                f"of this project) nor {BASE_FILE} (a folder laid out like amphion/metis)")
-    looks_local = src.is_absolute() or str(init).startswith(".") or str(init).count("/") != 1 or src.suffix
-    if looks_local:
-        hint = ""
-        if "outputs/demo/export" in str(init).replace(os.sep, "/"):
-            hint = "; the demo fine-tunes start from the demo pre-training: run `python train.py` first (it writes outputs/demo/export/)"
-        raise FileNotFoundError(f"init={init} does not exist (expected a .safetensors file, an export folder, "
-                                f"a folder laid out like amphion/metis, or a repo id such as amphion/metis){hint}")
-    return resolve(str(init), BASE_FILE), None
+    try:
+        found = resolve_source(init, BASE_FILE)
+    except CheckpointNotFoundError as e:
+        if "outputs/demo/export" in os.fspath(init).replace(os.sep, "/"):
+            raise CheckpointNotFoundError(f"init={init}: {e}; the demo fine-tunes start from the demo pre-training: "
+                                          "run `python train.py` first (it writes outputs/demo/export/)") from e
+        raise CheckpointNotFoundError(f"init={init}: {e}") from e
+    return found.path, found.config
 
 
 def load_init(net: nn.Module, init: str | os.PathLike | None) -> dict:

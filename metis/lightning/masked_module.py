@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from metis.checkpoints.deepspeed import NET_CONFIG_KEY
 from metis.lightning.baselines import MaskedBaselines
 from metis.lightning.fault_tolerance import NonFiniteGuard
 from metis.lightning.metrics import masked_token_loss
@@ -66,6 +67,9 @@ class MaskedGenerativeModule(L.LightningModule):
         # trivial predictors scored on the validation masks (stage-1 token models; unigram counted in training)
         codebook = getattr(net, "cond_codebook_size", None)
         self.baselines = MaskedBaselines(codebook) if codebook else None
+        # The net's constructor config (the Hydra `model.net` node, set by the recipe): saved in every
+        # checkpoint so that `metis.checkpoints.convert` can write a loadable export from it alone.
+        self.net_config: dict | None = None
 
     # ---- one step, shared by train and val -------------------------------------------------
     def prepare_batch(self, batch: dict, split: str) -> Any:
@@ -188,6 +192,8 @@ class MaskedGenerativeModule(L.LightningModule):
         checkpoint["frames_seen"] = int(self.frames_seen)
         if self.baselines is not None:
             checkpoint["baselines"] = self.baselines.state_dict()
+        if self.net_config is not None:
+            checkpoint[NET_CONFIG_KEY] = self.net_config
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "nonfinite_guard" in checkpoint:
@@ -195,6 +201,8 @@ class MaskedGenerativeModule(L.LightningModule):
         self.frames_seen = int(checkpoint.get("frames_seen", 0))
         if self.baselines is not None and "baselines" in checkpoint:
             self.baselines.load_state_dict(checkpoint["baselines"])
+        if self.net_config is None:
+            self.net_config = checkpoint.get(NET_CONFIG_KEY)
         if checkpoint.get("rng_state") is not None:
             trainer = self._trainer
             restore_rng_state(checkpoint["rng_state"], trainer.global_rank if trainer is not None else 0,

@@ -88,6 +88,7 @@ def build_run(cfg: DictConfig) -> Run:
     datamodule = instantiate(cfg.data, _convert_="all")  # plain containers in its hparams: checkpoints load with weights_only=True
     rank_zero_info(f"instantiating model <{cfg.model._target_}> with net <{cfg.model.net._target_}>")
     module = instantiate(cfg.model)
+    module.net_config = OmegaConf.to_container(cfg.model.net, resolve=True)  # checkpoints carry it
 
     callbacks = instantiate_group(cfg.get("callbacks"))
     for cb in callbacks:

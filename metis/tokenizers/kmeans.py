@@ -183,17 +183,12 @@ class KMeansTokenizer:
 
     # ---------------------------------------------------------------- persistence
     def save(self, directory: str | os.PathLike) -> Path:
-        from safetensors.torch import save_file
+        from metis.atomic import write_json
+        from metis.checkpoints.io import save_safetensors
 
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = d / f"kmeans.safetensors.tmp-{os.getpid()}"
-        save_file({"centroids": self.centroids.contiguous(), "mean": self.mean.contiguous(),
-                   "std": self.std.contiguous()}, str(tmp))
-        os.replace(tmp, d / "kmeans.safetensors")
-        tmp = d / f"kmeans.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps({"config": asdict(self.config), "identity": self.identity()}, indent=2))
-        os.replace(tmp, d / "kmeans.json")
+        save_safetensors({"centroids": self.centroids, "mean": self.mean, "std": self.std}, d / "kmeans.safetensors")
+        write_json(d / "kmeans.json", {"config": asdict(self.config), "identity": self.identity()})
         return d
 
     @classmethod

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from metis.checkpoints.io import load_into, read_safetensors, resolve
+from metis.checkpoints.io import load_into, read_safetensors
+from metis.checkpoints.sources import resolve_source
 from metis.models.semantic_codec import RepCodec
 from metis.tokenizers.base import file_sha256
 
@@ -40,7 +41,7 @@ def semantic_num_frames(n16: int) -> int:
 def load_codec_weights(module: nn.Module, source: str | Path, filename: str) -> Path:
     """Resolve `filename` (a path inside amphion/MaskGCT) from a file, a folder laid out like that repo,
     or a Hub repo id, and load it strictly (errors name the file and the offending keys). -> the file."""
-    path = resolve(source, filename)
+    path = resolve_source(source, filename).path
     load_into(module, read_safetensors(path), source=str(path))
     return path
 

@@ -96,7 +96,6 @@ def libritts(n: int) -> list[tuple[str, torch.Tensor]]:
 
 @lru_cache(maxsize=8)
 def _load16(path: str) -> torch.Tensor:
-    import torchaudio.functional as AF
+    from metis.audio import load_tensor
 
-    x, sr = sf.read(path, dtype="float32", always_2d=True)
-    return AF.resample(torch.from_numpy(x.mean(1)), sr, SR)
+    return load_tensor(path, SR)

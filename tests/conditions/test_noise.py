@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from metis.conditions import AudioFileError, NoiseBank, coloured_noise
+from metis.conditions import AudioError, NoiseBank, coloured_noise
 from tests.conditions.conftest import SR, gen, speechlike, wav_bytes, write_shard, write_wav
 
 
@@ -72,7 +72,7 @@ def test_folder_bank_reads_only_a_window_of_a_long_file(tmp_path, monkeypatch):
 
 def test_empty_folder_names_the_folder(tmp_path):
     (tmp_path / "x.txt").write_text("")
-    with pytest.raises(AudioFileError, match=str(tmp_path)):
+    with pytest.raises(AudioError, match=str(tmp_path)):
         NoiseBank.from_folder(tmp_path)
     with pytest.raises(FileNotFoundError, match="missing"):
         NoiseBank.from_folder(tmp_path / "missing")
@@ -81,19 +81,19 @@ def test_empty_folder_names_the_folder(tmp_path):
 def test_unreadable_and_zero_length_files_name_the_file(tmp_path):
     (tmp_path / "broken.wav").write_bytes(b"RIFF not really a wav")
     bank = NoiseBank.from_folder(tmp_path)  # lazy: listing succeeds
-    with pytest.raises(AudioFileError, match="broken.wav"):
+    with pytest.raises(AudioError, match="broken.wav"):
         bank.sample(100, gen(0))
-    with pytest.raises(AudioFileError, match="broken.wav"):
+    with pytest.raises(AudioError, match="broken.wav"):
         bank.validate()
     empty = tmp_path.parent / "empty_audio"
     write_wav(empty / "zero.wav", np.zeros(0, dtype=np.float32), SR)
-    with pytest.raises(AudioFileError, match="zero.wav: zero-length"):
+    with pytest.raises(AudioError, match="zero.wav: zero-length"):
         NoiseBank.from_folder(empty).sample(100, gen(0))
 
 
 def test_silent_noise_file_is_reported(tmp_path):
     write_wav(tmp_path / "silence.wav", np.zeros(2000, dtype=np.float32), SR)
-    with pytest.raises(AudioFileError, match="silence.wav"):
+    with pytest.raises(AudioError, match="silence.wav"):
         NoiseBank.from_folder(tmp_path).sample(100, gen(0))
 
 
@@ -108,7 +108,7 @@ def test_shard_bank(tmp_path):
     assert info["noise_file"].startswith(f"{shard}:k") and info["noise_file"].endswith(".flac")
     assert bank.validate() == 3
     bad = write_shard(tmp_path / "bad.tar", {"k.wav": b"garbage"})
-    with pytest.raises(AudioFileError, match="bad.tar:k.wav"):
+    with pytest.raises(AudioError, match="bad.tar:k.wav"):
         NoiseBank.from_shards(str(bad)).sample(100, gen(0))
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from metis.conditions import AudioFileError, RIRBank, reverberate, schroeder_rt60, simulate_rir
+from metis.conditions import AudioError, RIRBank, reverberate, schroeder_rt60, simulate_rir
 from tests.conditions.conftest import SR, gen, speechlike, write_wav
 
 RT60_TOL = 0.10  # relative: the T20 estimate of one noise realisation wanders by a few percent
@@ -67,10 +67,10 @@ def test_rir_bank_folder(tmp_path):
 
 
 def test_rir_bank_bad_files(tmp_path):
-    with pytest.raises(AudioFileError, match="RIR folder"):
+    with pytest.raises(AudioError, match="RIR folder"):
         RIRBank.from_folder(tmp_path)
     write_wav(tmp_path / "zeros.wav", np.zeros(100, dtype=np.float32), SR)
-    with pytest.raises(AudioFileError, match="zeros.wav: silent RIR"):
+    with pytest.raises(AudioError, match="zeros.wav: silent RIR"):
         RIRBank.from_folder(tmp_path).sample(gen(0))
     with pytest.raises(ValueError, match="rt60"):
         simulate_rir(0.0, gen(0))

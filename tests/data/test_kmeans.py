@@ -1,7 +1,9 @@
+import json
+
 import pytest
 import torch
 
-from metis.data.specs import load_tokenizer, parse_spec
+from metis.data.specs import load_tokenizer, tokenizer_node
 from metis.tokenizers.base import SpeechTokenizer
 from metis.tokenizers.kmeans import KMeansConfig, KMeansTokenizer, kmeans_pp, lloyd
 from tests.data.conftest import tone
@@ -48,12 +50,21 @@ def test_protocol_save_load_and_spec(tmp_path, fitted):
     assert back.identity() == tok.identity()
     w = wavs(2, seed=50)
     assert all(torch.equal(x, y) for x, y in zip(tok.encode(w), back.encode(w)))
-    assert parse_spec('semantic:{"device": "cuda"}') == ("metis.tokenizers.semantic:SemanticTokenizer", [],
-                                                         {"device": "cuda"})
+    assert tokenizer_node('semantic:{"device": "cuda"}') == {"_target_": "metis.tokenizers.semantic.SemanticTokenizer",
+                                                             "device": "cuda"}
+    node = tokenizer_node(f"kmeans:{tmp_path / 'tk'}")
+    assert node == {"_target_": "metis.tokenizers.kmeans.KMeansTokenizer.load", "directory": str(tmp_path / "tk")}
+    # the node itself (a mapping, or its JSON on a command line) builds the same tokenizer
+    for spec in (node, json.dumps(node)):
+        assert load_tokenizer(spec).identity() == tok.identity()
     with pytest.raises(FileNotFoundError, match="no fitted k-means"):
-        KMeansTokenizer.load(tmp_path / "nothing")
+        load_tokenizer(f"kmeans:{tmp_path / 'nothing'}")  # the tokenizer's own error, naming the folder
     with pytest.raises(ValueError, match="tokenizer spec"):
         load_tokenizer("nonsense")
+    with pytest.raises(ValueError, match="cannot build metis.nope.Tok"):
+        load_tokenizer({"_target_": "metis.nope.Tok"})
+    with pytest.raises(ValueError, match="keyword arguments only"):
+        tokenizer_node("semantic:somewhere")
 
 
 def test_kmeans_recovers_separated_clusters():

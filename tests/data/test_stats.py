@@ -31,14 +31,14 @@ def test_stats_file_over_shards(tmp_path):
     # reference: all raw features at once
     import numpy as np
 
-    from metis.data import audio as A
+    from metis import audio
     from metis.data.shards import iter_tar
 
     feats = []
     for url in shards:
         for s in iter_tar(url):
             if "flac" in s:
-                wav, _ = A.decode(s["flac"])
+                wav, _ = audio.read(s["flac"])
                 feats.extend(tok.raw_features([torch.from_numpy(wav)]))
     x = torch.cat(feats).double()
     assert summary["frames"] == x.shape[0] and summary["dim"] == 160

@@ -68,7 +68,7 @@ def test_tokenize_writes_tokens_and_resumes(tmp_path, kmeans):
     assert s2["already_done"] == 2 and s2["tokenized"] == 1 and tok2.waves == 4
     for p in outs[:-1]:
         assert p.stat().st_mtime_ns == mtimes[p.name]
-    assert not list(out.glob("*.tmp-*"))  # no temporary leftovers
+    assert not list(out.glob(".*.tmp"))  # no temporary leftovers (metis.atomic names them .<name>.<random>.tmp)
     # the loader reads them back with the identity check on
     loader = build_loader(str(out), mode="val", max_tokens=1000, num_workers=0, tokenizer_identity=kmeans.identity(),
                           max_dur=10)

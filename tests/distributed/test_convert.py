@@ -51,6 +51,29 @@ def test_cli_converts_a_lightning_ckpt_to_the_published_layout(trained, tmp_path
                        weights["diff_estimator.layers.0.self_attn.q_proj.weight"])
 
 
+def test_a_ckpt_carries_its_net_config_so_convert_needs_no_kind(trained, tmp_path):
+    from metis.inference.loading import load_export
+
+    ckpt = torch.load(trained["last_checkpoint"], map_location="cpu", weights_only=True)
+    config = ckpt["net_config"]
+    assert config["_target_"] == "metis.models.metis_stage1.MetisStage1" and config["hidden_size"] == 32
+    lone = tmp_path / "elsewhere" / "x.ckpt"  # away from its run folder: no <run>/export/config.json to fall back on
+    lone.parent.mkdir()
+    lone.write_bytes(open(trained["last_checkpoint"], "rb").read())
+    assert convert_main([str(lone), str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "config.json").read_text()) == config
+    model = load_export(tmp_path / "out", "stage1")  # a loadable export, built from the config alone
+    assert all(torch.equal(v, ckpt["state_dict"]["net." + k]) for k, v in model.state_dict().items())
+    # a checkpoint without it (written before checkpoints carried it): weights only, no config invented
+    del ckpt["net_config"]
+    torch.save(ckpt, lone)
+    assert convert_main([str(lone), str(tmp_path / "old")]) == 0
+    assert (tmp_path / "old" / "model.safetensors").is_file() and not (tmp_path / "old" / "config.json").exists()
+    # a part of the net (--kind adapter/lora) is not the net the config builds: no config.json beside it
+    assert convert_main([trained["last_checkpoint"], str(tmp_path / "part"), "--prefix", "net.diff_estimator."]) == 0
+    assert not (tmp_path / "part" / "config.json").exists()
+
+
 def test_convert_errors_name_the_problem(trained, tmp_path, capsys):
     assert convert_main([str(tmp_path / "missing.ckpt"), str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from metis.eval.audio import resample
+from metis.audio import resample
 from metis.eval.metrics import DNSMOS
 from metis.eval.metrics.dnsmos import windows
 

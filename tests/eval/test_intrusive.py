@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from metis.eval.audio import Audio, resample
+from metis.audio import Audio, resample
 from metis.eval.metrics import PESQ, SISDR, STOI
 
 from .conftest import add_noise, shared_clip, speechlike

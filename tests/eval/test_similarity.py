@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from metis.eval.audio import Audio
+from metis.audio import Audio
 from metis.eval.metrics import MetricUnavailable, ResemblyzerSim, WavLMSim
 
 from .conftest import shared_clip, speechlike
@@ -47,7 +47,7 @@ def test_wavlm_xvector_folder_gives_cosine_similarity(tmp_path):
     s = m.score(a, 16000, prompt=Audio(b, 16000))["sim_wavlm"]
     assert -1.0 <= s < 1.0 - 1e-4
     # the embedding is computed at 16 kHz whatever the input rate
-    from metis.eval.audio import resample
+    from metis.audio import resample
 
     a24 = resample(a, 16000, 24000)
     assert m.score(a24, 24000, prompt=Audio(a, 16000))["sim_wavlm"] > 0.99

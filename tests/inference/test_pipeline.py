@@ -7,8 +7,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from metis.audio import load_tensor as load_audio
 from metis.checkpoints.io import CheckpointNotFoundError
-from metis.inference.audio import load_audio
 from metis.inference.loading import load_pipeline, load_stage1
 from metis.inference.manifest import run_manifest
 from metis.inference.tasks import Request, chunk_starts, tts_target_len

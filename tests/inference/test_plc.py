@@ -10,10 +10,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from metis.audio import load_tensor as load_audio
 from metis.checkpoints.io import save_safetensors
 from metis.conditions.plc import PacketLoss
 from metis.eval.protocols import Item, write_manifest
-from metis.inference.audio import load_audio
 from metis.models.metis_stage1 import MetisStage1
 from metis.tokenizers.semantic import semantic_num_frames
 from tests.inference.conftest import STAGE1, perturb, pipeline_kwargs

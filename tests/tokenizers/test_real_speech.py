@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchaudio
 
+from metis.audio import load_tensor, resample
 from metis.models.acoustic_codec import CodecDecoder, CodecEncoder
 from metis.tokenizers.semantic import semantic_num_frames
 from tests.tokenizers.conftest import TINY_DECODER, TINY_ENCODER
@@ -20,11 +20,7 @@ pytestmark = pytest.mark.skipif(not FILES, reason=f"no libritts_*.wav under {AUD
 
 
 def load24(path: Path) -> torch.Tensor:
-    import soundfile as sf
-
-    data, sr = sf.read(path, dtype="float32", always_2d=True)
-    wav = torch.from_numpy(data).mean(1)
-    return torchaudio.functional.resample(wav, sr, 24000) if sr != 24000 else wav
+    return load_tensor(path, 24000)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +53,7 @@ def test_acoustic_round_trip_lengths(codec, path):
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 def test_semantic_frames_of_the_16k_resample(semantic_tokenizer, path):
-    wav16 = torchaudio.functional.resample(load24(path), 24000, 16000)
+    wav16 = resample(load24(path), 24000, 16000)
     n = wav16.numel()
     fbank_frames = 1 + (n - 400) // 160
     expected = -(-fbank_frames // 2)

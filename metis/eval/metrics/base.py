@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from metis.eval.audio import Audio
+from metis.audio import Audio
 
 
 class MetricUnavailable(RuntimeError):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from metis.eval.metrics.base import Metric, MetricUnavailable, require
-from metis.eval.audio import resample
+from metis.audio import resample
 
 SR = 16000
 WINDOW_S = 9.01

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metis.eval.audio import resample
+from metis.audio import resample
 from metis.eval.metrics.base import Metric, MetricUnavailable, require
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metis.eval.audio import resample
+from metis.audio import resample
 from metis.eval.metrics.base import Metric, MetricUnavailable, require
 
 SR = 16000

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metis.eval.audio import Audio, resample
+from metis.audio import Audio, resample
 from metis.eval.metrics.base import Metric, MetricUnavailable, require
 
 
