@@ -257,6 +257,10 @@ def test_resolve_export_folder_and_file(tmp_path):
     (tmp_path / "half" / "config.json").write_text("{}")
     with pytest.raises(CheckpointNotFoundError, match="has config.json but no model.safetensors"):
         resolve_source(tmp_path / "half", BASE_FILE)
+    # an export stands in for weights files only: other files of a folder are looked up as they are
+    with pytest.raises(CheckpointNotFoundError, match=r"preprocessor_config.json not found in folder .*expected the file"):
+        resolve_source(tmp_path / "export", "preprocessor_config.json")
+    assert resolve_source(tmp_path / "export", "config.json").path == tmp_path / "export" / "config.json"
     (tmp_path / "export" / "config.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="expected a JSON object"):
         resolve_source(w)

@@ -137,13 +137,16 @@ def resolve_source(source: str | os.PathLike, filename: str | None = None, *, re
     if src.is_dir():
         if filename is not None and (src / filename).is_file():  # a published layout
             return Resolved(src / filename)
-        if (src / EXPORT_WEIGHTS).is_file() and (filename is None or filename.endswith(".safetensors")):
-            return _local(src / EXPORT_WEIGHTS)  # an export stands in for any weights file, not for other files
-        if (src / EXPORT_CONFIG).is_file():
+        weights = filename is None or filename.endswith(".safetensors")  # an export stands in for weights only
+        if weights and (src / EXPORT_WEIGHTS).is_file():
+            return _local(src / EXPORT_WEIGHTS)
+        if weights and (src / EXPORT_CONFIG).is_file():
             raise CheckpointNotFoundError(f"export folder {src} has {EXPORT_CONFIG} but no {EXPORT_WEIGHTS}: "
                                           f"expected the weights at {src / EXPORT_WEIGHTS}")
         if filename is None:
             raise CheckpointNotFoundError(f"{src} is not an export: expected {EXPORT_WEIGHTS} and {EXPORT_CONFIG} in it")
+        if not weights:
+            raise CheckpointNotFoundError(f"{filename} not found in folder {src}: expected the file at {src / filename}")
         raise CheckpointNotFoundError(f"{filename} not found in folder {src}: it holds neither {src / filename} (a folder "
                                       f"laid out like the published repo) nor {EXPORT_WEIGHTS} (+ {EXPORT_CONFIG}, an "
                                       f"export of this project)")
