@@ -29,9 +29,7 @@ from metis.data.shards import ShardWriter, npy_bytes  # noqa: E402
 
 def make_corpus(root: Path, n_shards: int, per_shard: int, seed: int = 0) -> str:
     """Shards of speech-like audio (16 kHz flac) with 50 Hz tokens, log-normal durations (1–20 s)."""
-    import io
-
-    import soundfile as sf
+    from metis.audio import encode_flac
 
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
@@ -42,11 +40,9 @@ def make_corpus(root: Path, n_shards: int, per_shard: int, seed: int = 0) -> str
                 n = int(dur * 16000)
                 t = np.arange(n) / 16000
                 wav = 0.2 * np.sin(2 * np.pi * (150 + 40 * np.sin(2 * np.pi * 0.5 * t)) * t) + 0.02 * nrng.standard_normal(n)
-                buf = io.BytesIO()
-                sf.write(buf, wav.astype(np.float32), 16000, format="FLAC", subtype="PCM_16")
                 key = f"b{s}_{i}"
                 meta = f'{{"id": "{key}", "text": "x", "duration": {dur}, "speaker": "s{i % 7}", "language": "en"}}'
-                w.write(key, {"flac": buf.getvalue(), "json": meta.encode(),
+                w.write(key, {"flac": encode_flac(wav, 16000), "json": meta.encode(),
                               "sem.npy": npy_bytes(nrng.integers(0, 8192, int(round(dur * 50))).astype(np.int16))})
     return str(root)
 

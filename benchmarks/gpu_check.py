@@ -55,6 +55,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from metis.atomic import write_json  # noqa: E402  (standard library only)
 from metis.lightning.metrics import masked_token_loss  # noqa: E402  (torch only)
 from metis.lightning.throughput import per_token_matmul_params, training_flops  # noqa: E402
 from metis.models.decoding import DecodeConfig, UniformNoise  # noqa: E402
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<12} {r['tokens_per_s']:>10.0f} {r['step_s']:>8.3f} {mem:>9} {mfu:>6}  "
               f"{r['params'] / 1e6:.1f}M ({r['trainable'] / 1e6:.2f}M)")
     if args.out:
-        Path(args.out).write_text(json.dumps({"setup": info, "rows": rows}, indent=2))
+        write_json(args.out, {"setup": info, "rows": rows})
     return 0
 
 

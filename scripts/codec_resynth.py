@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from metis.inference.audio import load_audio, save_audio
+from metis.atomic import write_text
+from metis.audio import load_tensor, save
 from metis.tokenizers.acoustic import AcousticTokenizer
 
 
@@ -34,20 +35,20 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     lines = []
     for path in map(Path, args.inputs):
-        wav = load_audio(str(path), codec.sample_rate)
+        wav = load_tensor(path, codec.sample_rate)
         codes = codec.encode([wav])[0]  # (t, q)
         if args.quantizers:
             codes = codes[:, : args.quantizers]
         resynth = codec.decode(codes[None])[0]
         dst = out / f"{path.stem}.wav"
-        save_audio(str(dst), resynth)
+        save(dst, resynth)
         item = {"id": path.stem, "wav": str(dst.resolve()), "reference": str(path.resolve())}
         text = path.with_suffix(".txt")
         if text.is_file():
             item["text"] = text.read_text().strip()
         lines.append(json.dumps(item))
         print(f"{path.name}: {codes.shape[0]} frames x {codes.shape[1]} stages -> {dst}")
-    (out / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    write_text(out / "manifest.jsonl", "\n".join(lines) + "\n")
     print(f"manifest: {out / 'manifest.jsonl'}")
     return 0
 
