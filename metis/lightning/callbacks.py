@@ -101,7 +101,7 @@ class ExportPublished(ExportSafetensors):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 published.save_state(sd, kind, path, meta, what=f"{type(module.net).__name__}.{part or 'net'}")
             if self.model_config is not None:
-                write_json_atomic(self.dirpath / self.CONFIG, self.model_config)
+                write_json(self.dirpath / self.CONFIG, self.model_config)
             rank_zero_info(f"exported {', '.join(self.files)} at step {trainer.global_step} to {self.dirpath}")
         self.last_path = self.dirpath
         return self.dirpath

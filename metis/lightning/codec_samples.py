@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from metis.lightning.audio_samples import write_wav_atomic
+from metis import audio
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,8 @@ class CodecSamples(L.Callback):
         out = Path(self.output_dir or Path(trainer.default_root_dir) / "samples") / f"step{trainer.global_step:08d}"
         out.mkdir(parents=True, exist_ok=True)
         for i, (r, f) in enumerate(zip(real, fake)):
-            write_wav_atomic(out / f"sample{i}_real.wav", r, self.sample_rate)
-            write_wav_atomic(out / f"sample{i}_codec.wav", f, self.sample_rate)
+            audio.save(out / f"sample{i}_real.wav", r, self.sample_rate)
+            audio.save(out / f"sample{i}_codec.wav", f, self.sample_rate)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 pairs = [x for r, f in zip(real, fake) for x in (r, f)]

@@ -12,9 +12,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
+from metis.atomic import write_json
 from metis.checkpoints import published
 from metis.inference.cli import infer
-from metis.lightning.callbacks import write_json_atomic
 from metis.models.acoustic_codec import AcousticCodec
 from metis.models.metis_stage1 import MetisStage1
 from metis.models.s2a import MaskGCTS2A
@@ -34,7 +34,7 @@ def export(model: torch.nn.Module, target: str, config: dict, folder: Path) -> N
     """model.safetensors + config.json, as ExportSafetensors writes them."""
     folder.mkdir(parents=True)
     save_safetensors({k: v for k, v in model.state_dict().items() if v.numel()}, folder / "model.safetensors")
-    write_json_atomic(folder / "config.json", {"_target_": target, **config})
+    write_json(folder / "config.json", {"_target_": target, **config})
 
 
 def build_demo_tree(root: Path) -> None:
@@ -48,7 +48,7 @@ def build_demo_tree(root: Path) -> None:
         path = out / published.kind_spec(kind).filename
         path.parent.mkdir(parents=True, exist_ok=True)
         published.save(part, kind, path)
-    write_json_atomic(out / EXPORT_CONFIG, {"_target_": "metis.models.acoustic_codec.AcousticCodec", **CODEC})
+    write_json(out / EXPORT_CONFIG, {"_target_": "metis.models.acoustic_codec.AcousticCodec", **CODEC})
 
     s2a = dict(hidden_size=32, num_layers=1, num_heads=2, codebook_size=64, cond_codebook_size=CODES)
     for name, extra in (("demo_s2a_1layer", dict(num_quantizer=1, predict_layer_1=True)),

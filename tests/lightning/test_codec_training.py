@@ -57,15 +57,10 @@ def speech_shards(tmp_path_factory):
 @pytest.fixture(scope="module")
 def kmeans_dir(tmp_path_factory, speech_shards):
     """A k-means demo tokenizer fitted on the clips: its CMVN fbank features feed the semantic codec."""
-    import soundfile as sf
-
-    from metis.data.audio import resample
+    from metis.audio import load_tensor
     from metis.tokenizers.kmeans import KMeansConfig, KMeansTokenizer
 
-    wavs = []
-    for wav in sorted(SHARED_AUDIO.glob("libritts_*.wav")):
-        x, sr = sf.read(wav, dtype="float32")
-        wavs.append(resample(torch.from_numpy(x), sr, 16000))
+    wavs = [load_tensor(wav, 16000) for wav in sorted(SHARED_AUDIO.glob("libritts_*.wav"))]
     out = tmp_path_factory.mktemp("kmeans")
     KMeansTokenizer.fit(wavs, KMeansConfig(n_clusters=8, max_iter=3), log=lambda *a: None).save(out)
     return str(out)
