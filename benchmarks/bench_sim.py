@@ -23,9 +23,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from metis.eval.audio import Audio, resample
+from metis.audio import Audio, load
 from metis.eval.metrics import ResemblyzerSim, WavLMSim
 
 SKIP = ("metis_tse_mix", "metis_se_noise")  # two speakers / noisy: not one clean speaker
@@ -36,8 +35,7 @@ def clips(folder: Path, min_s: float = 3.0) -> dict[str, np.ndarray]:
     for p in sorted(folder.glob("*.wav")):
         if p.stem in SKIP:
             continue
-        x, sr = sf.read(p, dtype="float32", always_2d=True)
-        x = resample(x.mean(1), sr, 16000)
+        x = load(p, 16000).samples
         if len(x) >= min_s * 16000:
             out[p.stem] = x
     return out

@@ -18,15 +18,14 @@ the arm trained on up to that step; `total_frames` adds the frames the base was 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from safetensors import safe_open
 
+from metis.atomic import atomic_write, write_json
 from metis.lightning.baselines import baseline_accuracies
-from metis.lightning.callbacks import write_json_atomic
 
 ARM_METRICS = ("val/acc_top1", "val/acc_top10", "val/loss", "val/acc_top1_cond_shuffled", "val/acc_top1_cond_zero")
 
@@ -126,7 +125,7 @@ def write_comparison(doc: dict, out_dir: str | os.PathLike) -> tuple[Path, Path 
     """comparison.json and learning_curve.png in `out_dir` (atomic writes)."""
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(d / "comparison.json", doc)
+    write_json(d / "comparison.json", doc)
     return d / "comparison.json", plot_learning_curves(doc, d / "learning_curve.png")
 
 
@@ -153,10 +152,9 @@ def plot_learning_curves(doc: dict, path: Path) -> Path | None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
