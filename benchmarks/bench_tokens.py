@@ -19,7 +19,6 @@ Per tokenizer, on the held-out speakers' utterances (tokens/val, the audio in th
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import time
@@ -27,9 +26,9 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
+from metis.audio import read
 from metis.data.shards import TOKENIZER_MEMBER, expand_shards, iter_tar
 from metis.tokenizers.kmeans import KMeansConfig, KMeansTokenizer, assign
 
@@ -40,7 +39,7 @@ def utterances(shards: str, limit: int | None = None) -> list[tuple[str, torch.T
         for s in iter_tar(url):
             if s["__key__"] == TOKENIZER_MEMBER or "flac" not in s:
                 continue
-            wav, _ = sf.read(io.BytesIO(s["flac"]), dtype="float32")
+            wav, _ = read(s["flac"])
             out.append((json.loads(s["json"])["speaker"], torch.from_numpy(wav)))
             if limit and len(out) >= limit:
                 return out
