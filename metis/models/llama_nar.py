@@ -240,7 +240,7 @@ class LlamaNAR(nn.Module):
         self.hidden_size = d
         self.gradient_checkpointing = gradient_checkpointing
         if packing not in PACKING:
-            raise ValueError(f"packing must be one of {PACKING}, got {packing!r}")
+            raise ValueError(f"packing must be one of {PACKING}, got {packing!r} (in YAML write \"off\" quoted: bare off is false)")
         self.packing = packing
 
     def compile_layers(self, **options) -> None:
