@@ -8,6 +8,7 @@ stream, and picking a checkpoint that actually loads.
     ResumableSampler    a seeded, per-rank-disjoint permutation per epoch that restarts mid-epoch.
     EqualBatches        stops a finite (validation) stream on every rank as soon as one rank runs dry.
     newest_loadable     the newest checkpoint in a folder whose file (or DeepSpeed folder) is complete.
+    AtomicCheckpointIO  checkpoint files written through a temporary file beside them, whatever $TMPDIR is.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Iterable, Iterator
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import Sampler
@@ -283,3 +285,35 @@ def newest_loadable(checkpoint_dir: str | Path, prefer: str = "last.ckpt") -> Pa
             return p
         rank_zero_warn(f"{p} is incomplete or corrupt: skipped")
     return None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, but a `.ckpt` is written as a temporary file in the checkpoint
+    folder, fsync'ed and renamed over its name (`metis.atomic.atomic_write`).
+
+    Lightning's own writer stages the file through fsspec, whose temporary file lives in $TMPDIR:
+    when that is another file system the final "rename" is a copy, so a kill leaves a truncated
+    `step*.ckpt` or an empty `last.ckpt` under the final name, and a stray temporary file in
+    $TMPDIR. Here a kill leaves at most a `.<name>.*.tmp` beside the target, which
+    `remove_stale_temporaries` clears when the run resumes. Remote paths go to Lightning's writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        from metis.atomic import atomic_write
+
+        with atomic_write(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+def remove_stale_temporaries(checkpoint_dir: str | Path) -> list[Path]:
+    """Delete the temporary checkpoint files a killed run left in `checkpoint_dir` (none of them is a
+    complete checkpoint: completed ones were renamed); returns what was removed."""
+    folder = Path(checkpoint_dir)
+    stale = sorted(folder.glob(".*.ckpt.*.tmp")) if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        rank_zero_info(f"removed {len(stale)} temporary checkpoint file(s) left by an interrupted write in {folder}")
+    return stale

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metis.lightning import baselines
 from metis.lightning.callbacks import ExportSafetensors
-from metis.lightning.fault_tolerance import newest_loadable
+from metis.lightning.fault_tolerance import newest_loadable, remove_stale_temporaries
 from metis.lightning.loggers import tidy_console_logging
 from metis.threads import set_threads
 
@@ -27,6 +27,7 @@ def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: Path) -> str | None
     `last`/`auto` take `last.ckpt` if it is complete, else the newest complete `*.ckpt` (a file or a
     DeepSpeed folder) in `checkpoint_dir`."""
     last = checkpoint_dir / "last.ckpt"
+    remove_stale_temporaries(checkpoint_dir)
     if ckpt_path in (None, "null", "none"):
         if last.exists():
             raise FileExistsError(
