@@ -7,6 +7,7 @@ a metric for an item that lacks one. Heavy models load on first use, never at co
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -16,6 +17,26 @@ from metis.audio import Audio
 
 class MetricUnavailable(RuntimeError):
     """A metric cannot run here (missing package or user checkpoint); the message says what to supply."""
+
+
+def speechmos_file(*parts: str) -> Path:
+    """A model file shipped inside the installed ``speechmos`` package; MetricUnavailable if it is missing."""
+    import speechmos
+
+    f = Path(speechmos.__file__).parent.joinpath(*parts)
+    if not f.is_file():
+        raise MetricUnavailable(f"speechmos install lacks {f}; reinstall speechmos")
+    return f
+
+
+def onnx_session(path: Path, threads: int = 0):
+    """A CPU onnxruntime session for `path`; `threads` > 0 caps its intra-op threads (0: onnxruntime's choice)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 class Metric(ABC):

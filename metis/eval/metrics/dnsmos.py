@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metis.eval.metrics.base import Metric, MetricUnavailable, require
+from metis.eval.metrics.base import Metric, onnx_session, require, speechmos_file
 from metis.audio import resample
 
 SR = 16000
@@ -53,31 +53,15 @@ class DNSMOS(Metric):
         require("onnxruntime", "onnxruntime")
         require("speechmos", "speechmos")
         require("librosa", "librosa")
-        self._model_dir()
+        self._model_files()
 
     @staticmethod
-    def _model_dir() -> Path:
-        import speechmos
-
-        d = Path(speechmos.__file__).parent / "dnsmos_models"
-        for f in ("sig_bak_ovr.onnx", "model_v8.onnx"):
-            if not (d / f).is_file():
-                raise MetricUnavailable(f"speechmos install lacks {d / f}; reinstall speechmos")
-        return d
+    def _model_files() -> tuple[Path, Path]:
+        return speechmos_file("dnsmos_models", "sig_bak_ovr.onnx"), speechmos_file("dnsmos_models", "model_v8.onnx")
 
     def _load(self):
         if self._sessions is None:
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            if self.threads:
-                opts.intra_op_num_threads = self.threads
-            d = self._model_dir()
-            providers = ["CPUExecutionProvider"]
-            self._sessions = (
-                ort.InferenceSession(str(d / "sig_bak_ovr.onnx"), opts, providers=providers),
-                ort.InferenceSession(str(d / "model_v8.onnx"), opts, providers=providers),
-            )
+            self._sessions = tuple(onnx_session(f, self.threads) for f in self._model_files())
         return self._sessions
 
     def score(self, wav, sr, *, reference=None, prompt=None, text=None, lang="en"):

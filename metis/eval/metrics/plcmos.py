@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from metis.audio import resample
-from metis.eval.metrics.base import Metric, MetricUnavailable, require
+from metis.eval.metrics.base import Metric, onnx_session, require, speechmos_file
 
 SR = 16000
 
@@ -35,23 +35,13 @@ class PLCMOS(Metric):
 
     @staticmethod
     def _model_file() -> Path:
-        import speechmos
-
-        f = Path(speechmos.__file__).parent / "plcmos_models" / "plcmos_v2.onnx"
-        if not f.is_file():
-            raise MetricUnavailable(f"speechmos install lacks {f}; reinstall speechmos")
-        return f
+        return speechmos_file("plcmos_models", "plcmos_v2.onnx")
 
     def _load(self):
         if self._model is None:
-            import onnxruntime as ort
             from speechmos.plcmos import PLCMOS as Features  # its spectrogram transform, our session
 
-            opts = ort.SessionOptions()
-            if self.threads:
-                opts.intra_op_num_threads = self.threads
-            session = ort.InferenceSession(str(self._model_file()), opts, providers=["CPUExecutionProvider"])
-            self._model = (Features.__new__(Features), session)
+            self._model = (Features.__new__(Features), onnx_session(self._model_file(), self.threads))
         return self._model
 
     def score(self, wav, sr, *, reference=None, prompt=None, text=None, lang="en"):
