@@ -161,9 +161,16 @@ class AcousticCodecModule(_CodecModule):
     def adversarial(self) -> bool:
         return self.generator_steps >= self.hparams.adversarial_start
 
-    def _clip(self, optimizer, value: float) -> None:
-        if value:
-            self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm="norm")
+    def _step(self, optimizer, loss: torch.Tensor, clip: float) -> None:
+        """Backward, clip (norm, when `clip` > 0) and step `optimizer`, unless `loss` is non-finite (the
+        guard then counts the skipped step)."""
+        if self.nonfinite_guard.check(loss, self.trainer.strategy, self.trainer.global_step):
+            return
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        optimizer.step()
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         h = self.hparams
@@ -178,11 +185,7 @@ class AcousticCodecModule(_CodecModule):
             self.toggle_optimizer(opt_d)
             real, fake = self.discriminator(wav), self.discriminator(wav_hat.detach())
             loss_d = discriminator_loss(real, fake)
-            if not self.nonfinite_guard.check(loss_d, self.trainer.strategy, self.trainer.global_step):
-                opt_d.zero_grad(set_to_none=True)
-                self.manual_backward(loss_d)
-                self._clip(opt_d, h.d_grad_clip)
-                opt_d.step()
+            self._step(opt_d, loss_d, h.d_grad_clip)
             self.untoggle_optimizer(opt_d)
             stats["loss_d"] = loss_d.detach()
             stats["d_real"] = torch.stack([r[-1].mean() for r in real]).mean().detach()
@@ -201,11 +204,7 @@ class AcousticCodecModule(_CodecModule):
             adv, feat = generator_adversarial_loss(fake), feature_matching_loss(real, fake)
             loss = loss + h.lambda_adv * adv + h.lambda_feat * feat
             stats.update(adv_loss=adv.detach(), feature_loss=feat.detach())
-        if not self.nonfinite_guard.check(loss, self.trainer.strategy, self.trainer.global_step):
-            opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            self._clip(opt_g, h.grad_clip)
-            opt_g.step()
+        self._step(opt_g, loss, h.grad_clip)
         self.untoggle_optimizer(opt_g)
         self.generator_steps += 1
 
