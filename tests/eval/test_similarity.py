@@ -22,6 +22,25 @@ def test_resemblyzer_same_speaker_scores_higher_than_another():
     assert m.score(x, sr, prompt=Audio(x, sr))["sim_resemblyzer"] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_resemblyzer_scores_noise_below_another_speaker():
+    """GE2E alone scores noise at the speech's level like another speaker; the VAD in front makes it 0."""
+    pytest.importorskip("resemblyzer")
+    pytest.importorskip("silero_vad")
+    x, sr, _ = shared_clip("6829")
+    other, osr, _ = shared_clip("7176")
+    rms = float(np.sqrt(np.mean(x ** 2)))
+    noise = (np.random.default_rng(0).standard_normal(len(x)) * rms).astype(np.float32)
+    m = ResemblyzerSim()
+    m.check()
+    assert len(m.speech(x)) > 0.8 * len(x) and len(m.speech(noise)) == 0
+    different = m.score(x, sr, prompt=Audio(other, osr))["sim_resemblyzer"]
+    assert m.score(noise, sr, prompt=Audio(x, sr))["sim_resemblyzer"] == 0.0
+    assert different > 0.2
+    # speech under moderate noise is still speech, and still its speaker
+    noisy = x + 0.3 * noise
+    assert m.score(noisy, sr, prompt=Audio(x, sr))["sim_resemblyzer"] > different
+
+
 def test_wavlm_needs_a_model_folder(tmp_path):
     with pytest.raises(MetricUnavailable, match="--wavlm-model"):
         WavLMSim(None).check()

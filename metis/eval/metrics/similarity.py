@@ -5,6 +5,9 @@
   Hugging Face ``WavLMForXVector`` folder (e.g. a local WavLM-base-plus-sv copy; another scale).
 - ``ResemblyzerSim``: the offline fallback with the GE2E weights shipped in ``resemblyzer``. Its scale differs
   from WavLM-TDNN (same-speaker scores run high, around 0.8-0.9), so reports name it ``sim_resemblyzer``.
+  GE2E alone scores noise like another speaker (docs/eval.md), so the fallback embeds only the speech that the
+  Silero VAD (weights shipped in ``silero-vad``) finds; a clip with less than ``min_speech_s`` of speech has no
+  speaker to compare, its embedding is the zero vector and its SIM 0.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ class _EmbeddingSim(Metric):
         k = _key(wav, sr)
         if k not in self._cache:
             e = np.asarray(self._embed(np.asarray(wav, dtype=np.float32), int(sr)), dtype=np.float64).reshape(-1)
-            self._cache[k] = e / max(np.linalg.norm(e), 1e-12)
+            self._cache[k] = e / max(np.linalg.norm(e), 1e-12)  # (a zero vector stays zero)
             if len(self._cache) > 4096:
                 self._cache.pop(next(iter(self._cache)))
         return self._cache[k]
@@ -117,26 +120,43 @@ class ResemblyzerSim(_EmbeddingSim):
     key = "sim_resemblyzer"
     description = "SIM: resemblyzer GE2E (offline fallback, NOT the papers' WavLM-TDNN)"
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", min_speech_s: float = 0.3):
         super().__init__()
         self.device = device
+        self.min_speech_s = float(min_speech_s)
         self._encoder = None
+        self._vad = None
 
     def check(self) -> None:
         require("resemblyzer", "resemblyzer (needs librosa, webrtcvad-wheels)")
         require("webrtcvad", "webrtcvad-wheels")
+        require("silero_vad", "silero-vad")
 
     def _load(self):
         if self._encoder is None:
             from resemblyzer import VoiceEncoder
+            from silero_vad import load_silero_vad
 
             self._encoder = VoiceEncoder(self.device, verbose=False)
+            self._vad = load_silero_vad(onnx=True)
         return self._encoder
 
+    def speech(self, x: np.ndarray) -> np.ndarray:
+        """The speech segments of a 16 kHz clip, concatenated (Silero VAD)."""
+        from silero_vad import get_speech_timestamps
+
+        self._load()
+        spans = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), self._vad,
+                                      sampling_rate=16000)
+        return np.concatenate([x[s["start"]:s["end"]] for s in spans]) if spans else x[:0]
+
+    @torch.inference_mode()
     def _embed(self, wav, sr):
         from resemblyzer import preprocess_wav
+        from resemblyzer.hparams import model_embedding_size
 
-        x = preprocess_wav(resample(wav, sr, 16000), source_sr=16000)
-        if len(x) == 0:  # all silence after VAD trimming: embed the raw clip instead
-            x = resample(wav, sr, 16000)
-        return self._load().embed_utterance(x)
+        x = self.speech(resample(wav, sr, 16000))
+        if len(x) < self.min_speech_s * 16000:  # no speech, no speaker: cosine 0 with anything
+            return np.zeros(model_embedding_size)
+        y = preprocess_wav(x, source_sr=16000)  # volume normalisation and resemblyzer's own silence trimming
+        return self._load().embed_utterance(y if len(y) else x)
