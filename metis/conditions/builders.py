@@ -451,6 +451,21 @@ class L2SConditions(ConditionBuilder):
         return TaskInputs(self.task, x0, x_mask, cond, torch.tensor(prompt_lens, dtype=torch.long), stats=stats)
 
 
+class StandInL2SConditions(L2SConditions):
+    """L2S on the offline demo corpus, which has no video: the visual stream `vis` is computed from each
+    clean utterance (`metis.conditions.audio_stand_in`: 25 fps log-mel), then the conditions are built
+    as for L2S. A stand-in, NOT lip features: it carries the speech content directly, so what a model
+    learns from it says nothing about lip reading (the real task reads 768-d AV-HuBERT-style features).
+    Needs `wav16` in the batch (data.fields [sem, wav16])."""
+
+    def simulate(self, batch, generator, split="train", extractor=None):
+        if "wav16" not in batch or "wav16_lens" not in batch:
+            raise KeyError(f"the stand-in visual stream is computed from wav16: add it to data.fields (keys: {sorted(batch)})")
+        vis = [C.audio_stand_in(w[: int(n)].float().cpu()) for w, n in zip(batch["wav16"], batch["wav16_lens"])]
+        padded, mask = pad_rows(vis)
+        return super().simulate({**batch, "vis": padded, "vis_lens": mask.sum(1).long()}, generator, split, extractor)
+
+
 # -------------------------------------------------------------------------------------------- TTS
 
 class TTSConditions(ConditionBuilder):

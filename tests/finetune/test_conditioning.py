@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from metis import conditions as C
-from metis.conditions.builders import (L2SConditions, OmniConditions, SEConditions, TSEConditions, TTSConditions,
-                                          VCConditions, align_frames)
+from metis.conditions.builders import (L2SConditions, OmniConditions, SEConditions, StandInL2SConditions, TSEConditions,
+                                          TTSConditions, VCConditions, align_frames)
 from metis.text import PHONE_PAD_ID
 from tests.finetune.synthetic_speech import HOP, make_batch
 
@@ -117,6 +117,24 @@ def test_l2s_visual_upsampled_with_zero_prompt(gen, tok):
         up = C.upsample_visual(batch["vis"][i, p // 2: v], 0)  # 50 Hz frames of the video after the prompt
         assert torch.allclose(out.finetune_cond[i, p:n], up[: n - p])
         assert torch.equal(out.x0[i, :n], batch["sem"][i, :n])
+
+
+def test_demo_l2s_stand_in_is_the_l2s_condition_of_the_audio_log_mel(tok):
+    batch = make_batch(tok, 3, seed=8)
+    out = StandInL2SConditions(prompt_ratio=(0.2, 0.4))(batch, None, torch.Generator().manual_seed(3))
+    vis = [C.audio_stand_in(w[: int(n)]) for w, n in zip(batch["wav16"], batch["wav16_lens"])]
+    for v, n in zip(vis, batch["wav16_lens"]):  # 25 fps, normalised per bin over the utterance
+        assert v.shape == (int(n) // 640, C.visual.STAND_IN_DIM)
+        assert torch.allclose(v.mean(0), torch.zeros(v.shape[1]), atol=1e-4)
+    padded = torch.zeros(3, max(len(v) for v in vis), vis[0].shape[1])
+    for i, v in enumerate(vis):
+        padded[i, : len(v)] = v
+    ref = L2SConditions(prompt_ratio=(0.2, 0.4))({**batch, "vis": padded, "vis_lens": torch.tensor([len(v) for v in vis])},
+                                                None, torch.Generator().manual_seed(3))
+    assert torch.equal(out.finetune_cond, ref.finetune_cond) and torch.equal(out.x0, ref.x0)
+    assert torch.equal(out.prompt_len, ref.prompt_len) and (out.prompt_len > 0).all()
+    with pytest.raises(KeyError, match="wav16"):
+        StandInL2SConditions()({k: v for k, v in batch.items() if not k.startswith("wav16")}, None, torch.Generator())
 
 
 def test_tts_phone_prefix(tok, gen):
