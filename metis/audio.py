@@ -27,11 +27,20 @@ Source = str | os.PathLike | bytes  # a file, or the encoded bytes of one (a sha
 
 class AudioError(ValueError):
     """Audio that cannot be used; the message names it, `reason` is the skip-counter reason
-    (``undecodable_audio``, ``empty_audio``, ``nan_audio``) data preparation counts it under."""
+    (``undecodable_audio``, ``empty_audio``, ``nan_audio``, ``silent_audio``, ``constant_audio``,
+    ``clipped_audio``) data preparation counts it under."""
 
     def __init__(self, msg: str, reason: str = "undecodable_audio"):
         super().__init__(msg)
         self.reason = reason
+
+
+# What `check` calls unusable. Real recordings are far from both limits: the quietest file of the
+# project's real and demo audio (a recorded "silence" prompt) varies by 9e-5, and the most clipped
+# one has 0.015% of its samples at full scale (numbers and how to rerun them: docs/data.md).
+MIN_STD = 1e-5  # below a third of one 16-bit step of variation: a constant (DC) signal, not sound
+FULL_SCALE = 32767 / 32768  # |sample| at or above the largest positive 16-bit value counts as clipped
+MAX_CLIPPED_FRACTION = 0.5  # speech peaks far above its average level: half the samples pinned is broken
 
 
 class Audio(NamedTuple):
@@ -57,12 +66,28 @@ def _open(src: Source):
     return io.BytesIO(src) if isinstance(src, bytes) else os.fspath(src)
 
 
-def check(wav: np.ndarray, name: str) -> np.ndarray:
-    """Raise AudioError unless `wav` has samples and all of them are finite."""
+def check(wav: np.ndarray, name: str, *, min_std: float = MIN_STD,
+          max_clipped_fraction: float = MAX_CLIPPED_FRACTION) -> np.ndarray:
+    """The one audio validity check: raise AudioError (its `reason` says why) unless `wav` has
+    samples, all of them finite, not all zero, varying by more than `min_std` (a constant or DC
+    signal is not sound) and with at most `max_clipped_fraction` of them at full scale (a NaN
+    buffer written as 16-bit PCM comes back as -1.0 everywhere). Vectorised: it runs on every
+    sample the loader decodes."""
     if wav.size == 0:
         raise AudioError(f"{name}: zero-length audio", "empty_audio")
     if not np.isfinite(wav).all():
         raise AudioError(f"{name}: audio contains NaN/inf samples", "nan_audio")
+    peak = np.abs(wav)
+    if not peak.max() > 0:
+        raise AudioError(f"{name}: all-zero audio", "silent_audio")
+    clipped = float(np.count_nonzero(peak >= FULL_SCALE)) / wav.size
+    if clipped > max_clipped_fraction:
+        raise AudioError(f"{name}: clipped flat ({clipped:.1%} of the samples at full scale > "
+                         f"max_clipped_fraction {max_clipped_fraction:g})", "clipped_audio")
+    std = float(wav.std(dtype=np.float64))
+    if std <= min_std:
+        raise AudioError(f"{name}: constant audio (std {std:.2g} <= min_std {min_std:g}, mean "
+                         f"{float(wav.mean(dtype=np.float64)):.3g}): DC, not sound", "constant_audio")
     return wav
 
 
@@ -75,7 +100,8 @@ def read(src: Source, *, start: int = 0, frames: int = -1, channel: int | None =
         start, frames: the window to decode, in samples at the file's own rate (default: all).
         channel: keep this channel; None averages the channels (down-mix).
         name: what error messages call `src` (default: its path).
-        validate: raise AudioError on empty or non-finite audio (`check`).
+        validate: raise AudioError on audio that `check` rejects (empty, non-finite, silent,
+            constant, clipped flat).
     Raises:
         FileNotFoundError for a missing file, AudioError for anything that cannot be decoded.
     """

@@ -8,6 +8,7 @@ import soundfile as sf
 import torch
 
 from metis import audio
+from tests import SHARED_AUDIO
 
 
 def tone(seconds: float, sr: int, f: float = 440.0) -> np.ndarray:
@@ -96,3 +97,38 @@ def test_encode_flac_round_trips():
     data = audio.encode_flac(x, 16000)
     assert sf.info(io.BytesIO(data)).format == "FLAC"
     np.testing.assert_allclose(audio.read(data)[0], x, atol=1e-4)
+
+
+def test_check_refuses_each_bad_signal_with_its_reason_and_the_file(tmp_path):
+    from tests.bad_audio import write_bad_wavs
+
+    for name, (path, reason) in write_bad_wavs(tmp_path).items():
+        with pytest.raises(audio.AudioError, match=f"{path.name}: ") as e:
+            audio.read(path)
+        assert e.value.reason == reason, name
+        assert len(audio.read(path, validate=False)[0]) == (0 if name == "empty" else 16000)  # eval's raw read
+
+
+def test_check_thresholds_are_overridable_and_quiet_speech_passes():
+    x = tone(1.0, 16000)
+    for level_db in (-40, -60, -80):  # quiet but real: 16-bit quantised, still varying
+        quiet = np.round(x * 10 ** (level_db / 20) * 32768) / 32768
+        audio.check(quiet.astype(np.float32), "quiet")
+    hot = np.clip(4 * x, -1, 1)  # a tone driven 18 dB into the rails: 92% of it at full scale
+    with pytest.raises(audio.AudioError, match="clipped flat"):
+        audio.check(hot, "hot")
+    audio.check(hot, "hot", max_clipped_fraction=0.95)
+    dither = (np.arange(16000) % 2).astype(np.float32) / 32768  # one 16-bit step of variation
+    audio.check(dither, "dither")
+    with pytest.raises(audio.AudioError, match="constant audio") as e:
+        audio.check(dither, "dither", min_std=1e-4)
+    assert e.value.reason == "constant_audio"
+
+
+@pytest.mark.skipif(not SHARED_AUDIO.is_dir(), reason=f"real speech folder {SHARED_AUDIO} absent (fresh clone)")
+def test_every_real_recording_passes():
+    files = sorted(SHARED_AUDIO.glob("*.wav"))
+    assert len(files) >= 5
+    for f in files:
+        wav, _ = audio.read(f)  # raises on any file the check would refuse
+        assert wav.size

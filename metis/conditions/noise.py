@@ -19,6 +19,7 @@ from metis.conditions import _random as R
 from metis.conditions.audio_files import (AudioError, FileSource, MemberSource, index_shard, list_audio,
                                           read_window)
 from metis.conditions.signal import SILENCE_POWER, as_wave, power, random_fit
+from metis.data.skips import SkipCounter
 
 # Power-spectral-density exponent alpha, PSD ∝ 1 / f^alpha.
 COLOUR_EXPONENTS = {"white": 0.0, "pink": 1.0, "brown": 2.0, "blue": -1.0, "violet": -2.0}
@@ -54,7 +55,7 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 class NoiseBank:
     """A source of noise segments; build it with one of the class constructors."""
 
-    MAX_TRIES = 8  # windows drawn before a silent source is reported
+    MAX_TRIES = 8  # windows drawn before a silent or bad source is reported
 
     def __init__(self, kind: str, *, sources: Sequence[FileSource | MemberSource] = (),
                  shards: Sequence[str] = (), colours: Sequence[str] = (),
@@ -63,6 +64,7 @@ class NoiseBank:
         if kind not in ("files", "shards", "coloured", "babble"):
             raise ValueError(f"NoiseBank: unknown kind {kind!r}")
         self.kind, self.sample_rate, self.name = kind, int(sample_rate), name
+        self.skips = SkipCounter()  # bad files' windows left out, by reason (warned with the file)
         self.sources = list(sources)
         self.shards = list(shards)
         self._shard_index: dict[str, list[MemberSource]] = {}
@@ -170,18 +172,29 @@ class NoiseBank:
         return members[R.randint(generator, len(members))]
 
     def _file(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-        names = []
+        """A window of a random file. A window `metis.audio.check` refuses (clipped flat, constant, NaN,
+        undecodable file) is never mixed in: it is counted in `self.skips` under its reason, with the
+        file, and another is drawn, as for a silent window. The draws do not depend on what was refused
+        before, so a resumed run draws the same noise."""
+        names, last = [], ""
         for _ in range(self.MAX_TRIES):
             src = self._pick_source(generator)
             name = getattr(src, "path", None) or src.name
-            seg = read_window(src, n, self.sample_rate, generator)
+            names.append(name)
+            try:
+                seg = read_window(src, n, self.sample_rate, generator)
+            except AudioError as exn:
+                last = str(exn)
+                if exn.reason != "silent_audio":  # a silent window of a good file is no fault of the file
+                    self.skips.skip(exn.reason, name, last.removeprefix(f"{name}: "))
+                continue
             if power(seg) >= SILENCE_POWER:
                 seg, _ = random_fit(seg, n, generator)
                 if power(seg) >= SILENCE_POWER:
                     return seg, {"noise": "file", "noise_file": name}
-            names.append(name)
-        raise AudioError(f"NoiseBank: {self.MAX_TRIES} silent noise windows in a row, from "
-                             f"{', '.join(sorted(set(names))[:4])}")
+            last = f"{name}: silent window"
+        raise AudioError(f"NoiseBank {self.name}: {self.MAX_TRIES} silent or unusable noise windows in a row, from "
+                         f"{', '.join(sorted(set(names))[:4])} (last: {last})")
 
     def _babble(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         k = self.n_talkers[0] + R.randint(generator, self.n_talkers[1] - self.n_talkers[0] + 1)

@@ -10,9 +10,11 @@ from collections import OrderedDict
 import torch
 import torchaudio.functional as AF
 
+from metis.audio import AudioError
 from metis.conditions import _random as R
 from metis.conditions.audio_files import FileSource, list_audio
 from metis.conditions.signal import as_wave
+from metis.data.skips import SkipCounter
 
 DECAY_60DB = 3.0 * math.log(10.0)  # amplitude exp(-DECAY_60DB·t/rt60) falls 60 dB in rt60 seconds
 
@@ -91,6 +93,7 @@ class RIRBank:
     resampled, peak-normalised) or `simulated` (a fresh `simulate_rir` per draw)."""
 
     CACHE = 256  # decoded RIR files kept (they are short)
+    MAX_TRIES = 8  # files drawn before a bank of bad files is reported
 
     def __init__(self, *, files: list[str] | None = None, rt60: tuple[float, float] = (0.2, 1.0),
                  drr_db: tuple[float, float] = (0.0, 10.0), sample_rate: int = 16000, name: str = ""):
@@ -102,6 +105,8 @@ class RIRBank:
         self.sample_rate = int(sample_rate)
         self.name = name
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._bad: dict[str, AudioError] = {}  # files refused once are not decoded again
+        self.skips = SkipCounter()  # draws of bad files left out, by reason (warned with the file)
 
     @classmethod
     def from_folder(cls, path: str | os.PathLike, sample_rate: int = 16000) -> "RIRBank":
@@ -130,20 +135,29 @@ class RIRBank:
             drr = R.uniform(generator, *self.drr_db)
             return simulate_rir(rt60, generator, self.sample_rate, drr_db=drr), {"rir": "simulated", "rt60": rt60,
                                                                                     "drr_db": drr}
-        path = self.files[R.randint(generator, len(self.files))]
-        return self._load(path), {"rir": "file", "rir_file": path}
+        last = ""
+        for _ in range(self.MAX_TRIES):  # a bad file is counted and another drawn (whatever was refused before)
+            path = self.files[R.randint(generator, len(self.files))]
+            try:
+                return self._load(path), {"rir": "file", "rir_file": path}
+            except AudioError as exn:
+                last = str(exn)
+                self.skips.skip(exn.reason, path, last.removeprefix(f"{path}: "))
+        raise AudioError(f"RIRBank {self.name}: {self.MAX_TRIES} unusable RIR files in a row (last: {last})")
 
     def _load(self, path: str) -> torch.Tensor:
         if path in self._cache:
             self._cache.move_to_end(path)
             return self._cache[path]
-        rir = FileSource(path).read(self.sample_rate, first_channel=True)
-        peak = float(rir.abs().max())
-        if peak == 0.0:
-            from metis.audio import AudioError
-
-            raise AudioError(f"{path}: silent RIR (all zeros)")
-        rir = rir / peak
+        if path in self._bad:
+            bad = self._bad[path]
+            raise AudioError(str(bad), bad.reason)
+        try:  # metis.audio.check: no NaN, silent, constant or clipped-flat RIR
+            rir = FileSource(path).read(self.sample_rate, first_channel=True)
+        except AudioError as exn:
+            self._bad[path] = exn
+            raise
+        rir = rir / float(rir.abs().max())
         self._cache[path] = rir
         if len(self._cache) > self.CACHE:
             self._cache.popitem(last=False)

@@ -21,6 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    # tokenize and stats keep only the samples the loader would train on (metis/data/validate.py)
+    rules = argparse.ArgumentParser(add_help=False)
+    rules.add_argument("--min-dur", type=float, default=None, help="samples whose json duration is shorter are "
+                       "left out and counted as too_short (default: the loader's min_dur, 0.5)")
+    rules.add_argument("--max-dur", type=float, default=None, help="samples whose json duration is longer are "
+                       "left out and counted as too_long (default: the loader's max_dur, 30)")
 
     a = sub.add_parser("prepare", parents=[common], help="audio folder / manifest / LibriTTS / LibriSpeech -> shards")
     a.add_argument("input", help="folder, or manifest .jsonl/.csv/.tsv")
@@ -37,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--overwrite", action="store_true")
 
-    t = sub.add_parser("tokenize", parents=[common], help="shards -> token shards (resumable)")
+    t = sub.add_parser("tokenize", parents=[common, rules], help="shards -> token shards (resumable)")
     t.add_argument("shards", help="shard pattern, e.g. 'data/x/shard-{000000..000099}.tar' or a folder")
     t.add_argument("out_dir")
     t.add_argument("--tokenizer", required=True, help="spec: kmeans:DIR | semantic[:{json}] | acoustic | a _target_ node as JSON")
@@ -48,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--part", type=int, default=0, help="this job's index when several jobs share the shards")
     t.add_argument("--num-parts", type=int, default=1)
 
-    s = sub.add_parser("stats", parents=[common], help="mean/var of SSL features over shards -> safetensors")
+    s = sub.add_parser("stats", parents=[common, rules], help="mean/var of SSL features over shards -> safetensors")
     s.add_argument("shards")
     s.add_argument("out", help="output .safetensors (keys mean, var, std)")
     s.add_argument("--features", required=True, help="spec of the feature extractor (as --tokenizer)")
@@ -72,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args, p)
 
 
+def _rules(args: argparse.Namespace):
+    from metis.data.validate import SampleRules
+
+    given = {k: getattr(args, k) for k in ("min_dur", "max_dur") if getattr(args, k) is not None}
+    return SampleRules(**given)
+
+
 def _run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     if args.cmd == "prepare":
         from metis.data.prepare import prepare
@@ -88,7 +101,8 @@ def _run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         tok = load_tokenizer(args.tokenizer, args.device)
         ac = load_tokenizer(args.acoustic, args.device) if args.acoustic else None
         summary = tokenize(args.shards, args.out_dir, tok, ac, keep_audio=not args.no_audio,
-                           batch_seconds=args.batch_seconds, part=args.part, num_parts=args.num_parts)
+                           batch_seconds=args.batch_seconds, part=args.part, num_parts=args.num_parts,
+                           rules=_rules(args))
         _summary("tokenize", summary)
     elif args.cmd == "stats":
         from metis.data.specs import load_tokenizer
@@ -98,7 +112,8 @@ def _run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         if not hasattr(ext, "raw_features") and not hasattr(ext, "features"):
             p.error(f"--features {args.features!r}: the object has neither raw_features nor features")
         _summary("stats", compute_stats(args.shards, ext, args.out, max_hours=args.max_hours,
-                                        batch_seconds=args.batch_seconds))
+                                        batch_seconds=args.batch_seconds,
+                                        rules=_rules(args)))
     elif args.cmd == "demo":
         from metis.data.demo import DemoConfig, build_demo
 

@@ -229,6 +229,7 @@ def build_demo(cfg: DemoConfig | None = None, progress: bool = True, log=print) 
     """Build (or find complete) the demo corpus; returns the summary written to demo.json."""
     from metis.data.prepare import prepare
     from metis.data.tokenize import tokenize
+    from metis.data.validate import SampleRules
     from metis.tokenizers.kmeans import KMeansConfig, KMeansTokenizer
 
     cfg = cfg or DemoConfig()
@@ -268,8 +269,10 @@ def build_demo(cfg: DemoConfig | None = None, progress: bool = True, log=print) 
                                                      seed=cfg.seed), log=log)
         tok.save(tok_dir)
     tokens = {}
+    rules = SampleRules(min_dur=cfg.min_dur, max_dur=cfg.max_dur)  # the limits the shards were written with
     for split in splits:
-        tokens[split] = tokenize(str(root / "shards" / split), root / "tokens" / split, tok, progress=progress)
+        tokens[split] = tokenize(str(root / "shards" / split), root / "tokens" / split, tok, rules=rules,
+                                 progress=progress)
     speakers = {split: sorted({s.speaker for s in sources if s.extra.get("split") == split}) for split in splits}
     summary = {
         "out_dir": str(root),

@@ -1,9 +1,10 @@
 """Reading shards for training and validation: one factory, `build_loader`, no Lightning.
 
 Pipeline inside each DataLoader worker:
-    shard urls (split by rank and worker) -> tar samples (webdataset) -> parse + check (json,
-    tokenizer identity, tokens, duration) -> [train: sample shuffle buffer] -> token-budget batches
-    -> decode + resample audio (soundfile, torchaudio) -> collate -> batch dict (see collate.py)
+    shard urls (split by rank and worker) -> tar samples (webdataset) -> parse + check (json and
+    duration: metis/data/validate.py, the check tokenize and stats share; tokenizer identity, tokens)
+    -> [train: sample shuffle buffer] -> token-budget batches -> decode + check (metis.audio.check,
+    duration vs json) + resample audio (soundfile, torchaudio) -> collate -> batch dict (see collate.py)
     -> [batch_stage: e.g. the fine-tuning condition simulation]
 
 Modes:
@@ -38,6 +39,7 @@ from metis.data.collate import Item, collate
 from metis.data.resume import POSITION_VERSION, PositionRecorder, SlotPosition, shard_order, shards_digest
 from metis.data.shards import (REQUIRED_JSON, TOKENIZER_MEMBER, audio_ext, expand_shards, load_npy, read_sample_at,
                                read_samples)
+from metis.data.validate import Rejected, SampleRules
 
 FIELDS = ("sem", "ac", "vis", "wav16", "wav24")
 WAV_RATES = {"wav16": 16000, "wav24": 24000}
@@ -68,13 +70,13 @@ class ShardStream(IterableDataset):
                  acoustic_identity: dict | None, required_json: tuple[str, ...],
                  rank: int | None, world_size: int | None, batch_stage: BatchStage | None = None):
         self.urls, self.mode, self.fields = urls, mode, fields
-        self.max_tokens, self.min_dur, self.max_dur = max_tokens, min_dur, max_dur
+        self.max_tokens = max_tokens
         self.seed, self.frame_rate = seed, frame_rate
         self.shuffle_buffer, self.pool_batches, self.max_batch_size = shuffle_buffer, pool_batches, max_batch_size
         self.packed = packed
         self.batches_per_epoch = batches_per_epoch
         self.identities = {"sem": tokenizer_identity, "ac": acoustic_identity}
-        self.required_json = required_json
+        self.rules = SampleRules(min_dur=min_dur, max_dur=max_dur, required_json=required_json)
         self.batch_stage = batch_stage
         self._rank_arg, self._world_arg = rank, world_size
         self.rank, self.world_size = dist_info(rank, world_size)
@@ -149,7 +151,7 @@ class ShardStream(IterableDataset):
             return None
         try:
             item = self._item(s, url, key, self._identity(url, counter), counter)
-        except _Skip as sk:
+        except Rejected as sk:
             counter.skip(sk.reason, f"{url}:{key}", sk.detail)
             return None
         item.offset = s["__offset__"]
@@ -186,30 +188,11 @@ class ShardStream(IterableDataset):
             where = f"{url}:{key}"
             try:
                 yield self._item(s, url, key, shard_ids.get(url, {}), counter)
-            except _Skip as sk:
+            except Rejected as sk:
                 counter.skip(sk.reason, where, sk.detail)
 
     def _item(self, s: dict, url: str, key: str, shard_ids: dict, counter) -> Item:
-        if "json" not in s:
-            raise _Skip(S.MISSING_FIELD, "no .json member")
-        try:
-            meta = json.loads(s["json"])
-        except ValueError as exn:
-            raise _Skip(S.BAD_JSON, f"invalid json ({exn})") from None
-        if not isinstance(meta, dict):
-            raise _Skip(S.BAD_JSON, "json is not an object")
-        missing = [f for f in self.required_json if f not in meta]
-        if missing:
-            raise _Skip(S.MISSING_FIELD, f"json lacks field(s) {missing}")
-        dur = _float(meta.get("duration"))
-        if dur is None or math.isnan(dur):
-            raise _Skip(S.BAD_JSON, f"duration {meta.get('duration')!r} is not a number")
-        if dur <= 0:
-            raise _Skip(S.EMPTY_AUDIO, f"duration {dur}")
-        if dur < self.min_dur:
-            raise _Skip(S.TOO_SHORT, f"duration {dur:.2f}s < min_dur {self.min_dur}")
-        if dur > self.max_dur:
-            raise _Skip(S.TOO_LONG, f"duration {dur:.2f}s > max_dur {self.max_dur}")
+        meta, dur = self.rules.meta(s)
         item = Item(key=key, url=url, meta=meta, length=math.ceil(dur * self.frame_rate))
         lengths = []
         for name in ("sem", "ac", "vis"):
@@ -217,15 +200,15 @@ class ShardStream(IterableDataset):
                 continue
             member = f"{name}.npy"
             if member not in s:
-                raise _Skip(S.MISSING_FIELD, f"no {member} member")
+                raise Rejected(S.MISSING_FIELD, f"no {member} member")
             want = self.identities.get(name)
             if want is not None and shard_ids.get(name) != want:
-                raise _Skip(S.TOKENIZER_MISMATCH,
-                            f"{name} tokens made by {shard_ids.get(name)}, configured {want}")
+                raise Rejected(S.TOKENIZER_MISMATCH,
+                               f"{name} tokens made by {shard_ids.get(name)}, configured {want}")
             try:
                 arr = load_npy(s[member])
             except Exception as exn:
-                raise _Skip(S.BAD_TOKENS, f"{member} unreadable ({type(exn).__name__}: {exn})") from None
+                raise Rejected(S.BAD_TOKENS, f"{member} unreadable ({type(exn).__name__}: {exn})") from None
             arr = self._check_array(name, arr, dur)
             setattr(item, name, arr)
             lengths.append(arr.shape[0])
@@ -234,28 +217,28 @@ class ShardStream(IterableDataset):
         if any(f in self.fields for f in WAV_RATES):
             ext = audio_ext(s)
             if ext is None:
-                raise _Skip(S.MISSING_FIELD, "no audio member (flac/mp3/wav/...)")
+                raise Rejected(S.MISSING_FIELD, "no audio member (flac/mp3/wav/...)")
             item.audio = s[ext]
         return item
 
     def _check_array(self, name: str, arr: np.ndarray, dur: float) -> np.ndarray:
         if name == "ac":
             if arr.ndim != 2 or arr.shape[0] != 12:
-                raise _Skip(S.BAD_TOKENS, f"ac.npy shape {arr.shape}, expected (12, t)")
+                raise Rejected(S.BAD_TOKENS, f"ac.npy shape {arr.shape}, expected (12, t)")
             arr = np.ascontiguousarray(arr.T)  # stored (12, t) -> (t, 12)
         elif name == "sem" and arr.ndim != 1:
-            raise _Skip(S.BAD_TOKENS, f"sem.npy shape {arr.shape}, expected (t,)")
+            raise Rejected(S.BAD_TOKENS, f"sem.npy shape {arr.shape}, expected (t,)")
         if arr.shape[0] == 0:
-            raise _Skip(S.BAD_TOKENS, f"{name}.npy is empty")
+            raise Rejected(S.BAD_TOKENS, f"{name}.npy is empty")
         if name in ("sem", "ac") and arr.dtype.kind not in "iu":
-            raise _Skip(S.BAD_TOKENS, f"{name}.npy dtype {arr.dtype} is not integer")
+            raise Rejected(S.BAD_TOKENS, f"{name}.npy dtype {arr.dtype} is not integer")
         if name == "vis":
             if not np.isfinite(arr).all():
-                raise _Skip(S.BAD_TOKENS, "vis.npy has NaN/inf")
+                raise Rejected(S.BAD_TOKENS, "vis.npy has NaN/inf")
             return arr
         expect = dur * self.frame_rate
         if abs(arr.shape[0] - expect) > max(2.0, 0.02 * expect):
-            raise _Skip(S.BAD_TOKENS, f"{name}.npy has {arr.shape[0]} frames, duration says {expect:.0f}")
+            raise Rejected(S.BAD_TOKENS, f"{name}.npy has {arr.shape[0]} frames, duration says {expect:.0f}")
         return arr
 
     def _decode(self, items: list[Item], counter: S.SkipCounter) -> list[Item]:
@@ -265,16 +248,9 @@ class ShardStream(IterableDataset):
         out = []
         for it in items:
             try:
-                wav, sr = audio.read(it.audio)
-            except audio.AudioError as exn:
-                counter.skip(exn.reason, f"{it.url}:{it.key}", str(exn))
-                continue
-            dur, claimed = len(wav) / sr, float(it.meta["duration"])
-            if abs(dur - claimed) > max(0.1, 0.02 * claimed):
-                counter.skip("duration_mismatch", f"{it.url}:{it.key}", f"audio {dur:.2f}s, json {claimed:.2f}s")
-                continue
-            if not np.abs(wav).max() > 0:
-                counter.skip("silent_audio", f"{it.url}:{it.key}", "all-zero audio")
+                wav, sr = self.rules.audio(it.audio, float(it.meta["duration"]))
+            except Rejected as r:
+                counter.skip(r.reason, f"{it.url}:{it.key}", r.detail)
                 continue
             for f in wants:
                 it.wavs[f] = audio.resample(torch.from_numpy(wav), sr, WAV_RATES[f])
@@ -387,19 +363,6 @@ class ShardStream(IterableDataset):
         tail = counter.delta()
         if tail:  # skips after the last batch (or a worker whose samples were all bad): ship them too
             yield {SKIPS_ONLY: True, "skipped": tail}
-
-
-class _Skip(Exception):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
-
-
-def _float(v) -> float | None:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
 
 
 class MetisLoader(DataLoader):

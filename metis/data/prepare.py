@@ -32,6 +32,7 @@ import numpy as np
 from metis import audio
 from metis.atomic import write_json
 from metis.data.shards import ShardSink
+from metis.data.skips import SkipCounter
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus")
 
@@ -165,17 +166,16 @@ def split_points(wav: np.ndarray, sr: int, max_dur: float) -> list[tuple[int, in
 
 
 def process(src: Source, sample_rate: int | None, min_dur: float, max_dur: float
-            ) -> tuple[list[tuple[str, dict[str, bytes], float, str]], Counter]:
-    """One source file -> ([(key, members, seconds, speaker)], skip reasons)."""
-    skipped: Counter = Counter()
+            ) -> tuple[list[tuple[str, dict[str, bytes], float, str]], list[tuple[str, str, str]]]:
+    """One source file -> ([(key, members, seconds, speaker)], [(reason, file, detail) of each piece
+    left out]). The file and each piece pass `metis.audio.check`, as the loader will check them."""
+    rejected: list[tuple[str, str, str]] = []
     try:
         wav, sr = audio.read(src.path)
     except audio.AudioError as exn:
-        skipped[exn.reason] += 1
-        return [], skipped
-    except OSError:
-        skipped["unreadable_file"] += 1
-        return [], skipped
+        return [], [(exn.reason, src.path, str(exn).removeprefix(f"{src.path}: "))]
+    except OSError as exn:
+        return [], [("unreadable_file", src.path, f"{type(exn).__name__}: {exn}")]
     rate = sample_rate or min(sr, 24000)
     if rate != sr:
         wav = audio.resample(wav, sr, rate)
@@ -183,12 +183,15 @@ def process(src: Source, sample_rate: int | None, min_dur: float, max_dur: float
     out = []
     for i, (a, b) in enumerate(pieces):
         dur = (b - a) / rate
+        where = src.path if len(pieces) == 1 else f"{src.path} [{a / rate:.2f}s, {b / rate:.2f}s]"
         if dur < min_dur:
-            skipped["too_short"] += 1
+            rejected.append(("too_short", where, f"{dur:.2f}s < min_dur {min_dur}"))
             continue
         seg = wav[a:b]
-        if not np.abs(seg).max() > 0:
-            skipped["silent_audio"] += 1
+        try:
+            audio.check(seg, where)
+        except audio.AudioError as exn:
+            rejected.append((exn.reason, where, str(exn).removeprefix(f"{where}: ")))
             continue
         key = src.id if len(pieces) == 1 else f"{src.id}_seg{i:03d}"
         meta = {"id": key, "text": src.text if len(pieces) == 1 else "", "duration": round(dur, 4),
@@ -197,7 +200,7 @@ def process(src: Source, sample_rate: int | None, min_dur: float, max_dur: float
         if len(pieces) > 1:
             meta["segment"] = [round(a / rate, 4), round(b / rate, 4)]
         out.append((key, {"flac": audio.encode_flac(seg, rate), "json": json.dumps(meta).encode()}, dur, src.speaker))
-    return out, skipped
+    return out, rejected
 
 
 def _process_star(args):
@@ -216,7 +219,7 @@ def write_shards(sources: list[Source], out_dir: str | os.PathLike, *, sample_ra
     order = list(sources)
     rng.shuffle(order)
     sink = ShardSink(out_dir, prefix=prefix, max_count=max_count, max_bytes=max_bytes)
-    skipped: Counter = Counter()
+    skips = SkipCounter()
     speakers: Counter = Counter()
     seconds = 0.0
     buf: list[tuple[str, dict]] = []
@@ -233,11 +236,12 @@ def write_shards(sources: list[Source], out_dir: str | os.PathLike, *, sample_ra
             yield from map(_process_star, jobs)
 
     try:
-        for pieces, sk in tqdm(results(), total=len(jobs), desc=desc, unit="file", disable=not progress):
-            skipped.update(sk)
+        for pieces, rejected in tqdm(results(), total=len(jobs), desc=desc, unit="file", disable=not progress):
+            for reason, where, detail in rejected:
+                skips.skip(reason, where, detail)
             for key, members, dur, spk in pieces:
                 if key in keys:
-                    skipped["duplicate_id"] += 1
+                    skips.skip("duplicate_id", key, "another file already gave this id")
                     continue
                 keys.add(key)
                 seconds += dur
@@ -254,7 +258,7 @@ def write_shards(sources: list[Source], out_dir: str | os.PathLike, *, sample_ra
         raise
     summary = {"out_dir": str(out_dir), "files": len(sources), "samples": sink.samples,
                "hours": round(seconds / 3600, 4), "speakers": len(speakers), "shards": len(paths),
-               "shard_names": [p.name for p in paths], "skipped": dict(skipped)}
+               "shard_names": [p.name for p in paths], "skipped": skips.as_dict()}
     write_json(Path(out_dir) / "prepare.json", summary)
     return summary
 

@@ -23,7 +23,6 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from metis import audio
 from metis.atomic import atomic_write
 
 TOKENIZER_MEMBER = "__tokenizer__"
@@ -249,22 +248,3 @@ def audio_ext(sample: dict) -> str | None:
         if ext in sample:
             return ext
     return None
-
-
-def decoded_samples(samples, skipped, require_json: bool = False):
-    """(sample, wav, sr) for each decodable audio sample of a shard's samples (the tokenizer member
-    skipped); a sample without audio (or json, when required) or with undecodable audio is counted
-    in `skipped` under its reason and passed over."""
-    for sample in samples:
-        if sample["__key__"] == TOKENIZER_MEMBER:
-            continue
-        ext = audio_ext(sample)
-        if ext is None or (require_json and "json" not in sample):
-            skipped["missing_field"] += 1
-            continue
-        try:
-            wav, sr = audio.read(sample[ext], name=f"{sample.get('__url__', 'shard')}:{sample['__key__']}.{ext}")
-        except audio.AudioError as exn:
-            skipped[exn.reason] += 1
-            continue
-        yield sample, wav, sr

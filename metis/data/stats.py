@@ -3,21 +3,23 @@
 Streaming: per-batch (count, mean, M2) are merged with Chan et al.'s parallel update in float64,
 so memory does not grow with the corpus. The output is a safetensors file in the
 `wav2vec2bert_stats` format: `mean`, `var`, `std`, float32 (D,), var unbiased (as torch.var),
-std = sqrt(var).
+std = sqrt(var). Only samples that pass the loader's own check (`metis.data.validate.SampleRules`)
+are used; the others are counted under their reason, with shard and key.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from metis import audio
-from metis.data.shards import decoded_samples, expand_shards, iter_tar
+from metis.data.shards import expand_shards, iter_tar
+from metis.data.skips import SHARD_ERROR, SkipCounter
+from metis.data.validate import SampleRules, checked_samples
 
 
 class RunningStats:
@@ -80,14 +82,16 @@ def feature_fn(extractor):
 
 
 def compute_stats(shards: str | Sequence[str], extractor, out_path: str | os.PathLike, *,
-                  max_hours: float | None = None, batch_seconds: float = 200.0, progress: bool = True) -> dict:
-    """Stream shards through `extractor` and write mean/var/std of its features to `out_path`."""
+                  max_hours: float | None = None, batch_seconds: float = 200.0, rules: SampleRules = SampleRules(),
+                  progress: bool = True) -> dict:
+    """Stream the samples of `shards` that pass `rules` through `extractor` and write mean/var/std of
+    its features to `out_path`; the summary's `skipped` counts the others by reason."""
     from tqdm import tqdm
 
     urls = expand_shards(shards)
     feats = feature_fn(extractor)
     rs = RunningStats()
-    skipped: Counter = Counter()
+    skips = SkipCounter()
     seconds, t0 = 0.0, time.time()
     batch: list[torch.Tensor] = []
     batch_s = 0.0
@@ -100,8 +104,11 @@ def compute_stats(shards: str | Sequence[str], extractor, out_path: str | os.Pat
 
     bar = tqdm(total=len(urls), desc="stats", unit="shard", disable=not progress)
     for url in urls:
-        samples = iter_tar(url, handler=lambda e: skipped.update(["shard_error"]) or True)
-        for _, wav, sr in decoded_samples(samples, skipped):
+        def handler(exn, url=url):
+            skips.skip(SHARD_ERROR, url, f"{type(exn).__name__}: {exn} (the rest of the shard is lost)")
+            return True
+
+        for _, _, wav, sr in checked_samples(iter_tar(url, handler=handler), rules, skips):
             batch.append(audio.resample(torch.from_numpy(wav), sr, extractor.sample_rate))
             batch_s += len(wav) / sr
             seconds += len(wav) / sr
@@ -117,4 +124,4 @@ def compute_stats(shards: str | Sequence[str], extractor, out_path: str | os.Pat
         flush()
     rs.save(out_path)
     return {"out": str(out_path), "frames": rs.n, "dim": int(rs.mean.shape[0]) if rs.n else 0,
-            "hours": round(seconds / 3600, 4), "elapsed_s": round(time.time() - t0, 2), "skipped": dict(skipped)}
+            "hours": round(seconds / 3600, 4), "elapsed_s": round(time.time() - t0, 2), "skipped": skips.as_dict()}

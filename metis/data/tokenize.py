@@ -3,6 +3,9 @@
 Each input shard `X.tar` becomes `{out_dir}/X.tar` holding every sample of X (its audio too unless
 `keep_audio=False`) plus `{key}.sem.npy` (int16 (t,)) and, when an acoustic tokenizer is given,
 `{key}.ac.npy` (int16 (12, t)), and a first member `__tokenizer__.json` with both identities.
+Only samples that pass the loader's own check are tokenized (`metis.data.validate.SampleRules`: json,
+duration limits, audio validity, duration vs the decoded audio); every other one is counted under its
+reason with its shard and key, and left out of the output.
 Samples are encoded in batches of about `batch_seconds` of audio. Output shards are written
 atomically, so after an interruption the finished ones are kept and skipped (resume); an existing
 output made by a *different* tokenizer is refused rather than mixed.
@@ -22,7 +25,9 @@ import torch
 
 from metis import audio
 from metis.atomic import write_json
-from metis.data.shards import ShardWriter, decoded_samples, expand_shards, iter_tar, npy_bytes, read_tokenizers
+from metis.data.shards import ShardWriter, expand_shards, iter_tar, npy_bytes, read_tokenizers
+from metis.data.skips import SHARD_ERROR, SkipCounter
+from metis.data.validate import SampleRules, checked_samples
 
 TOKEN_MEMBERS = ("sem.npy", "ac.npy")
 
@@ -64,9 +69,11 @@ def _encode(tok, wavs: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
 
 
 def tokenize_shard(src: str, dst: Path, tokenizer, acoustic=None, *, keep_audio: bool = True,
-                   batch_seconds: float = 200.0, skipped: Counter | None = None) -> dict:
-    """One shard -> one token shard (atomic). Returns {samples, seconds, frames}."""
-    skipped = skipped if skipped is not None else Counter()
+                   batch_seconds: float = 200.0, rules: SampleRules = SampleRules(),
+                   skips: SkipCounter | None = None) -> dict:
+    """One shard -> one token shard (atomic) of the samples that pass `rules`; the others are counted
+    in `skips`. Returns {samples, seconds, frames}."""
+    skips = skips if skips is not None else SkipCounter()
     ids = identities(tokenizer, acoustic)
     stats = Counter()
     pending: list[tuple[dict, np.ndarray, int]] = []
@@ -92,12 +99,11 @@ def tokenize_shard(src: str, dst: Path, tokenizer, acoustic=None, *, keep_audio:
 
     with ShardWriter(dst, tokenizers=ids) as w:
         def handler(exn):
-            skipped["shard_error"] += 1
-            print(f"warning: {src}: {type(exn).__name__}: {exn}")
+            skips.skip(SHARD_ERROR, src, f"{type(exn).__name__}: {exn} (the rest of the shard is lost)")
             return True
 
         secs = 0.0
-        for sample, wav, sr in decoded_samples(iter_tar(src, handler=handler), skipped, require_json=True):
+        for sample, _, wav, sr in checked_samples(iter_tar(src, handler=handler), rules, skips):
             pending.append((sample, wav, sr))
             secs += len(wav) / sr
             if secs >= batch_seconds:
@@ -109,8 +115,9 @@ def tokenize_shard(src: str, dst: Path, tokenizer, acoustic=None, *, keep_audio:
 
 def tokenize(shards: str | Sequence[str], out_dir: str | os.PathLike, tokenizer, acoustic=None, *,
              keep_audio: bool = True, batch_seconds: float = 200.0, part: int = 0, num_parts: int = 1,
-             progress: bool = True) -> dict:
-    """Tokenize every shard (or this job's part: shards part, part+num_parts, ...) into out_dir.
+             rules: SampleRules = SampleRules(), progress: bool = True) -> dict:
+    """Tokenize every shard (or this job's part: shards part, part+num_parts, ...) into out_dir,
+    leaving out (and counting, in the summary's `skipped`) each sample that fails `rules`.
 
     Resumable: an output shard that exists is finished (atomic writes) and is not redone.
 
@@ -123,7 +130,7 @@ def tokenize(shards: str | Sequence[str], out_dir: str | os.PathLike, tokenizer,
     out = Path(out_dir)
     ids = identities(tokenizer, acoustic)
     _check_out_dir(out, ids)
-    skipped: Counter = Counter()
+    skips = SkipCounter()
     total = Counter()
     done = redone = 0
     t0 = time.time()
@@ -136,11 +143,11 @@ def tokenize(shards: str | Sequence[str], out_dir: str | os.PathLike, tokenizer,
             done += 1
             continue
         total.update(tokenize_shard(url, dst, tokenizer, acoustic, keep_audio=keep_audio,
-                                    batch_seconds=batch_seconds, skipped=skipped))
+                                    batch_seconds=batch_seconds, rules=rules, skips=skips))
         redone += 1
     elapsed = time.time() - t0
     return {"out_dir": str(out), "shards": len(urls), "tokenized": redone, "already_done": done,
             "samples": total["samples"], "hours": round(total["seconds"] / 3600, 4),
             "frames": total["frames"], "elapsed_s": round(elapsed, 2),
             "realtime_factor": round(total["seconds"] / elapsed, 1) if elapsed > 0 and total["seconds"] else None,
-            "skipped": dict(skipped), "tokenizer": ids}
+            "skipped": skips.as_dict(), "tokenizer": ids}

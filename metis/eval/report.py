@@ -127,7 +127,8 @@ def markdown(summary: list[dict], *, task: str, metrics: list[str], notes: list[
     fails = {k: v for k, v in stats.get("failures", {}).items() if v}
     if fails:
         lines += ["", "Failures (utterances not scored, per metric; `unreadable`: items whose audio could not be "
-                      "read; see the `errors` column of the CSV): " + ", ".join(f"{k}: {v}" for k, v in fails.items())]
+                      "read; `<reason>_audio`: items whose audio the validity check refused (clipped flat, constant, "
+                      "NaN, silent, empty); see the `errors` column of the CSV): " + ", ".join(f"{k}: {v}" for k, v in fails.items())]
     nonfinite = {k: v for k, v in stats.get("nonfinite", {}).items() if v}
     if nonfinite:
         lines += ["", "Non-finite scores (left out of the means and plots): "

@@ -7,7 +7,7 @@ import time
 from collections import defaultdict
 from functools import lru_cache
 
-from metis.audio import Audio, load
+from metis.audio import Audio, AudioError, load
 from metis.eval.metrics.base import Metric, MetricUnavailable
 from metis.eval.protocols import Item
 
@@ -17,7 +17,15 @@ log = logging.getLogger(__name__)
 @lru_cache(maxsize=256)
 def load_cached(path: str) -> Audio:
     """`load` for files read many times in one run (prompts shared by several utterances)."""
-    return load(path, validate=False)
+    return load(path)
+
+
+def _failure(e: Exception, what: str = "") -> str:
+    """The failure counter an item's unusable audio goes under: `unreadable` (missing, not audio) or the
+    reason `metis.audio.check` refused it for (`clipped_audio`, `constant_audio`, `nan_audio`, ...);
+    `what` tells the scored input's failures apart (`unreadable_input`)."""
+    why = e.reason if isinstance(e, AudioError) and e.reason != "undecodable_audio" else "unreadable"
+    return f"{why}_{what}" if what else why
 
 
 def score_audio(metrics: list[Metric], audio: Audio, item: Item, reference: Audio | None, prompt: Audio | None,
@@ -57,23 +65,25 @@ def evaluate(items: list[Item], metrics: list[Metric], *, score_input: bool = Fa
         row = {"id": it.id, "subset": it.subset, "seconds": 0.0}
         if it.text is not None:
             row["text"] = it.text
-        try:  # an unreadable item is counted and flagged; the others are still scored and written
-            audio = load(it.wav, validate=False)
+        try:  # an unusable item is counted under its reason and flagged; the others are still scored and written
+            audio = load(it.wav)
             reference = load_cached(str(it.reference)) if it.reference else None
             prompt = load_cached(str(it.prompt)) if it.prompt else None
-        except Exception as e:  # noqa: BLE001 - missing, truncated, not audio: all the same to the report
-            failures["unreadable"] += 1
-            log.warning("unreadable item %s: %s", it.id, e)
-            rows.append(_flag(row, f"unreadable: {e}"))
+        except Exception as e:  # noqa: BLE001 - missing, truncated, not audio, refused by the audio check
+            why = _failure(e)
+            failures[why] += 1
+            log.warning("%s item %s: %s", why, it.id, e)
+            rows.append(_flag(row, f"{why}: {e}"))
             continue
         row["seconds"] = round(audio.seconds, 3)
         score_audio(metrics, audio, it, reference, prompt, "", row, failures, timing)
         if score_input and it.input is not None:
             try:
-                source = load(it.input, validate=False)
+                source = load(it.input)
             except Exception as e:  # noqa: BLE001
-                failures["unreadable_input"] += 1
-                _flag(row, f"unreadable input: {e}")
+                why = _failure(e, "input")
+                failures[why] += 1
+                _flag(row, f"{why}: {e}")
             else:
                 score_audio(metrics, source, it, reference, prompt, "input_", row, failures, timing)
         total_s += audio.seconds

@@ -97,6 +97,30 @@ def test_silent_noise_file_is_reported(tmp_path):
         NoiseBank.from_folder(tmp_path).sample(100, gen(0))
 
 
+def test_bad_noise_files_are_never_mixed_in_and_are_counted(tmp_path):
+    """A folder of good noise and bad files (tests/bad_audio.py): every draw comes from a good file,
+    every bad window drawn is counted under its reason; the draws are those of a bank that never saw a
+    bad file before (exact resume). The check is on the window read: a file that is bad only in places
+    gives its good windows."""
+    from tests.bad_audio import write_bad_wavs
+
+    bad = write_bad_wavs(tmp_path / "bad", seconds=0.5, sr=SR, names=("minus_one_int16", "dc", "clipped_flat", "all_nan"))
+    good = {str(write_wav(tmp_path / f"good{i}.wav", speechlike(1.0, seed=i), SR)) for i in range(8)}
+    bank = NoiseBank.from_folder(tmp_path, sample_rate=SR)
+    infos = [bank.draw(800, gen(i))[1] for i in range(30)]
+    assert {i["noise_file"] for i in infos} <= good
+    want = {}
+    for _, reason in bad.values():
+        want[reason] = want.get(reason, 0) + 1
+    assert set(bank.skips.totals) == set(want) and bank.skips.total >= len(bad)
+    again = NoiseBank.from_folder(tmp_path, sample_rate=SR)  # a fresh bank: same draws for the same seed
+    assert torch.equal(again.sample(800, gen(29)), bank.sample(800, gen(29)))
+    only_bad = NoiseBank.from_folder(tmp_path / "bad", sample_rate=SR)
+    with pytest.raises(AudioError, match="unusable noise windows in a row") as e:
+        only_bad.sample(800, gen(0))
+    assert str(tmp_path / "bad") in str(e.value)
+
+
 def test_shard_bank(tmp_path):
     rng = np.random.default_rng(2)
     members = {f"k{i}.flac": wav_bytes(rng.standard_normal(2000).astype(np.float32) * 0.1, 8000) for i in range(3)}

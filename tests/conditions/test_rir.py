@@ -70,7 +70,20 @@ def test_rir_bank_bad_files(tmp_path):
     with pytest.raises(AudioError, match="RIR folder"):
         RIRBank.from_folder(tmp_path)
     write_wav(tmp_path / "zeros.wav", np.zeros(100, dtype=np.float32), SR)
-    with pytest.raises(AudioError, match="zeros.wav: silent RIR"):
+    with pytest.raises(AudioError, match="unusable RIR files in a row .*zeros.wav: all-zero audio"):
         RIRBank.from_folder(tmp_path).sample(gen(0))
     with pytest.raises(ValueError, match="rt60"):
         simulate_rir(0.0, gen(0))
+
+
+def test_bad_rir_files_are_skipped_and_counted(tmp_path):
+    from tests.bad_audio import write_bad_wavs
+
+    bad = write_bad_wavs(tmp_path, seconds=0.2, sr=SR, names=("minus_one_int16", "dc", "all_nan"))
+    rooms = {str(write_wav(tmp_path / f"room{i}.wav", simulate_rir(0.3, gen(i), SR).numpy() * 0.5, SR))
+             for i in range(8)}
+    bank = RIRBank.from_folder(tmp_path, sample_rate=SR)
+    infos = [bank.draw(gen(i))[1] for i in range(60)]
+    assert {i["rir_file"] for i in infos} <= rooms
+    assert set(bank.skips.totals) == {"clipped_audio", "constant_audio", "nan_audio"}
+    assert bank.skips.total >= len(bad)

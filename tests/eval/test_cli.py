@@ -152,6 +152,29 @@ def test_bad_items_are_counted_flagged_and_the_rest_is_scored(tmp_path):
     assert "| not fully scored |" in md and "| 3 |" in md and "unreadable: 2" in md and "sisdr: 1" in md
 
 
+def test_invalid_audio_is_a_counted_failure_with_its_reason(tmp_path):
+    """A flat-clipped generated wav, a DC one, and a DC reference: each is counted under the reason the
+    audio check gives and flagged in its row; the other items are still scored."""
+    from tests.bad_audio import bad_wav_bytes
+
+    manifest = _se_case(tmp_path, n=5)
+    (tmp_path / "enh" / "u1.wav").write_bytes(bad_wav_bytes("clipped_flat", 3.0))
+    (tmp_path / "enh" / "u2.wav").write_bytes(bad_wav_bytes("minus_one_int16", 3.0))
+    (tmp_path / "enh" / "u3.wav").write_bytes(bad_wav_bytes("dc", 3.0))
+    (tmp_path / "ref" / "u4.wav").write_bytes(bad_wav_bytes("dc_int16", 3.0))  # u4's reference and prompt
+    out = tmp_path / "results"
+    res = main(["--task", "se", "--manifest", str(manifest), "--metrics", "sisdr", "--out", str(out), "--no-input",
+                "--no-plots"])
+    rows = {r["id"]: r for r in csv.DictReader(open(out / "per_utterance.csv"))}
+    assert len(rows) == 5 and float(rows["u0"]["si_sdr"]) > 10 and not rows["u0"]["errors"]
+    for key, why, path in (("u1", "clipped_audio", "enh/u1.wav"), ("u2", "clipped_audio", "enh/u2.wav"),
+                           ("u3", "constant_audio", "enh/u3.wav"), ("u4", "constant_audio", "ref/u4.wav")):
+        assert rows[key]["errors"].startswith(f"{why}: ") and path in rows[key]["errors"], key
+        assert rows[key]["si_sdr"] == ""
+    assert res["stats"]["failures"] == {"clipped_audio": 2, "constant_audio": 2}
+    assert "clipped_audio: 2, constant_audio: 2" in (out / "results.md").read_text()
+
+
 def test_infinite_scores_do_not_break_means_or_plots(tmp_path):
     pytest.importorskip("matplotlib")
     from metis.eval.report import write_report

@@ -110,6 +110,25 @@ def pipeline_kwargs(repos: dict[str, Path], **extra) -> dict:
                 **{**FAST_SETTINGS, **extra})
 
 
+def infer_config(repos: dict[str, Path], overrides: list[str]):
+    """configs/infer/infer.yaml composed as `python infer.py <overrides>` would, on the tiny checkpoints
+    with few decoding steps."""
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    kw = pipeline_kwargs(repos)
+    overrides = [*overrides, "device=cpu"]
+    for key in ("metis", "maskgct", "w2v_bert", "stats", "w2v_layer", "progress"):
+        overrides.append(f"pipeline.{key}={kw[key]}")
+    for key in ("stage1_config", "s2a_1layer_config", "s2a_full_config", "repcodec_config", "encoder_config", "decoder_config"):
+        overrides.append(f"pipeline.{key}=" + json.dumps(kw[key]).replace('"', ""))
+    overrides += ["pipeline.stage1_settings.se.n_timesteps=3", "pipeline.s2a_1layer_settings.n_timesteps=[2]",
+                  "pipeline.s2a_full_settings.n_timesteps=[2,2,1,1,1,1,1,1,1,1,1,1]"]
+    with initialize_config_dir(str(Path(__file__).parents[2] / "configs" / "infer"), version_base="1.3"):
+        return compose("infer", overrides=overrides)
+
+
 @pytest.fixture(scope="session")
 def repos(tmp_path_factory) -> dict[str, Path]:
     return build_repos(tmp_path_factory.mktemp("published"))

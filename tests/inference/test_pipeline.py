@@ -13,7 +13,7 @@ from metis.inference.loading import load_pipeline, load_stage1
 from metis.inference.manifest import run_manifest
 from metis.inference.tasks import Request, chunk_starts, tts_target_len
 from metis.tokenizers.semantic import semantic_num_frames
-from tests.inference.conftest import L2S_DIM, STAGE1, pipeline_kwargs
+from tests.inference.conftest import L2S_DIM, STAGE1, infer_config, pipeline_kwargs
 
 SR = 24000
 
@@ -171,23 +171,10 @@ def test_loads_published_split_and_project_export(repos, audio, tmp_path):
 
 
 def test_cli_single_request(repos, audio, tmp_path):
-    from hydra import compose, initialize_config_dir
-
     from metis.inference.cli import infer
 
-    kw = pipeline_kwargs(repos)
-    overrides = ["task=se", f"input={audio['source']}", f"output={tmp_path / 'cli.wav'}", "device=cpu",
-                 f"results={tmp_path / 'r.jsonl'}"]
-    for key in ("metis", "maskgct", "w2v_bert", "stats", "w2v_layer", "progress"):
-        overrides.append(f"pipeline.{key}={kw[key]}")
-    for key in ("stage1_config", "s2a_1layer_config", "s2a_full_config", "repcodec_config", "encoder_config", "decoder_config"):
-        overrides.append(f"pipeline.{key}=" + json.dumps(kw[key]).replace('"', ""))
-    overrides += ["pipeline.stage1_settings.se.n_timesteps=3", "pipeline.s2a_1layer_settings.n_timesteps=[2]",
-                  "pipeline.s2a_full_settings.n_timesteps=[2,2,1,1,1,1,1,1,1,1,1,1]"]
-    import pathlib
-
-    with initialize_config_dir(str(pathlib.Path(__file__).parents[2] / "configs" / "infer"), version_base="1.3"):
-        cfg = compose("infer", overrides=overrides)
+    cfg = infer_config(repos, ["task=se", f"input={audio['source']}", f"output={tmp_path / 'cli.wav'}",
+                               f"results={tmp_path / 'r.jsonl'}"])
     results = infer(cfg)
     assert results[0].ok, results[0].error
     assert results[0].settings["stage1"]["n_timesteps"] == 3
