@@ -11,15 +11,18 @@ in machine load hits all paths alike; the median over rounds is printed with the
 
 Sections:
   train    one whole training step (forward, masked CE, backward, AdamW step) of stage 1 at H=512,
-           8 layers, 8 heads, vocab 1024, B=2 x T=1000 (no padding): old (additive zero mask, fp32
-           norm round trip, foreach AdamW) vs new (no mask, fused rms_norm, fused AdamW), new with
-           regional compile, new under bf16 autocast.
+           8 layers, 8 heads, vocab 1024, B=2 x T=1000 (no padding): the reference (its computation
+           re-written in benchmarks/reference_arm.py, checked against its golden fixture: eager
+           attention with a (b, 1, l, l) mask, per-layer RoPE, fp32 norm round trip, torch's default
+           AdamW), old (additive zero mask, fp32 norm round trip) vs new (no mask, fused rms_norm,
+           fused AdamW), new with regional compile, new under bf16 autocast. Every arm's first loss is
+           printed: they compute the same loss.
   packing  the demo corpus's token-budget batches (`--corpus`, built by `python train.py`), tiny demo
            model: padded (packing=off) vs packed (packing=compute) on the same batches; padding share
            of the computed tokens; and tokens/s with the real-frame budget the packed model gets.
   decode   stage-1 decoding, prompt 150 + 350 frames, 25 steps, CFG 2.5, batch 1, H=512 x 8 layers,
-           vocab 1024: faithful vs fast (old), fast (new, fp32) and fast (new, bf16 autocast); token
-           agreement with faithful.
+           vocab 1024: faithful vs fast (old rev), fast fp32, fast fp32 with shape buckets and fast
+           bf16 (`FastDecoding(precision="bf16")`, the CPU bf16 switch); token agreement with faithful.
 """
 
 from __future__ import annotations
@@ -40,9 +43,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from metis.lightning.metrics import masked_token_loss  # noqa: E402
-from metis.models.decoding import DecodeConfig, UniformNoise  # noqa: E402
+from metis.models.decoding import DecodeConfig, FastDecoding, UniformNoise  # noqa: E402
 from metis.models.llama_nar import estimator_of  # noqa: E402
 from metis.models.metis_stage1 import MetisStage1  # noqa: E402
+from reference_arm import ReferenceStage1  # noqa: E402  (benchmarks/, beside this script)
 
 OLD_REV = "b91cdce"  # main just before packing / no-mask attention / fused norm
 
@@ -69,17 +73,25 @@ def load() -> str:
 
 
 def interleave(paths: dict, rounds: int, warmup: int = 1) -> dict[str, list[float]]:
-    """paths: name -> zero-argument step; `warmup` untimed calls each, then `rounds` rounds of one timed call each."""
+    """paths: name -> zero-argument step; `warmup` untimed calls each, then `rounds` rounds of one timed call
+    each. Prints wall and process CPU seconds per call (CPU seconds are less sensitive to other jobs on a
+    shared machine: time spent waiting for a core is not counted); returns the wall times."""
     for _ in range(warmup):
         for step in paths.values():
             step()
     times = {name: [] for name in paths}
+    cpu = {name: [] for name in paths}
     for r in range(rounds):
         for name, step in paths.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step()
             times[name].append(time.perf_counter() - t0)
-        print(f"  round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in paths) + f"  ({load()})", flush=True)
+            cpu[name].append(time.process_time() - c0)
+        print(f"  round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f}s (cpu {cpu[n][-1]:.1f}s)" for n in paths)
+              + f"  ({load()})", flush=True)
+    base = next(iter(paths))
+    print("  median cpu seconds: " + ", ".join(f"{n} {statistics.median(c):.2f} (x{statistics.median(cpu[base]) / statistics.median(c):.2f})"
+                                               for n, c in cpu.items()), flush=True)
     return times
 
 
@@ -93,15 +105,20 @@ def report(times: dict[str, list[float]], unit: str, work: float, base: str) -> 
 
 # ----------------------------------------------------------------------------------------------- train
 
-def train_step(net, x0, x_mask, optimizer, autocast: bool = False):
+def train_step(net, x0, x_mask, optimizer, autocast: bool = False, losses: list | None = None):
+    """One step as the trainers run it (`zero_grad()` sets the gradients to None, torch's and Lightning's
+    default); the first step's loss goes to `losses` (every arm must compute the same loss)."""
     def step():
         torch.manual_seed(0)  # the same corruption every call and path
-        optimizer.zero_grad(set_to_none=False)
+        optimizer.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = net(x0, x_mask)
-            loss = masked_token_loss(out.logits, x0, out.final_mask)[0]
+            logits, final_mask = (out.logits, out.final_mask) if hasattr(out, "logits") else out
+            loss = masked_token_loss(logits, x0, final_mask)[0]
         loss.backward()
         optimizer.step()
+        if losses is not None and not losses:
+            losses.append(loss.item())
     return step
 
 
@@ -110,10 +127,14 @@ def section_train(args) -> None:
     size = dict(hidden_size=512, num_layers=8, num_heads=8, cond_codebook_size=1024)
     x0 = torch.randint(0, 1024, (2, 1000), generator=torch.Generator().manual_seed(1))
     x_mask = torch.ones(2, 1000)
-    paths = {}
+    paths, losses = {}, {}
     torch.manual_seed(0)
     old = Old(**size).train()
-    paths["old"] = train_step(old, x0, x_mask, torch.optim.AdamW(old.parameters(), lr=1e-4))
+    ref = ReferenceStage1(**size).train()
+    ref.load_state_dict(old.state_dict())
+    for name, net in (("reference", ref), ("old", old)):  # torch's default AdamW (for-loop on CPU)
+        losses[name] = []
+        paths[name] = train_step(net, x0, x_mask, torch.optim.AdamW(net.parameters(), lr=1e-4), losses=losses[name])
     variants = [("new", False, False), ("new bf16 autocast", False, True)] + ([("new compiled", True, False)] if args.compile else [])
     for name, compiled, bf16 in variants:
         torch.manual_seed(0)
@@ -121,9 +142,13 @@ def section_train(args) -> None:
         net.load_state_dict(old.state_dict())
         if compiled:
             estimator_of(net).compile_layers()
-        paths[name] = train_step(net, x0, x_mask, torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True), autocast=bf16)
+        losses[name] = []
+        paths[name] = train_step(net, x0, x_mask, torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True), autocast=bf16,
+                                 losses=losses[name])
     print(f"train step, stage 1 H=512 x 8 layers, vocab 1024, 2 x 1000 frames, {torch.get_num_threads()} threads ({load()})")
-    report(interleave(paths, args.rounds), "tokens/s", 2000, "old")
+    times = interleave(paths, args.rounds)
+    print("  first-step loss: " + ", ".join(f"{n} {v[0]:.6f}" for n, v in losses.items()))
+    report(times, "tokens/s", 2000, "reference")
 
 
 # --------------------------------------------------------------------------------------------- packing
@@ -192,27 +217,29 @@ def section_decode(args) -> None:
     new.load_state_dict(old.state_dict())
     prompt = torch.randint(0, 1024, (args.dec_prompt,), generator=torch.Generator().manual_seed(2))
     settings = DecodeConfig(n_timesteps=args.dec_steps, temp=0.9, filter_thres=0.98, cfg=2.5, rescale_cfg=0.75)
+    buckets = tuple(args.buckets)
     results = {}
 
-    def decode(net, fast, bf16=False):
+    def decode(name, net, fast):
         def run():
             noise = [UniformNoise(torch.Generator().manual_seed(7))]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                results[(id(net), fast, bf16)] = net.reverse_diffusion_rows([prompt], [args.dec_target], settings, noises=noise, fast=fast)[0]
+            results[name] = net.reverse_diffusion_rows([prompt], [args.dec_target], settings, noises=noise, fast=fast)[0]
         return run
 
-    paths = {"faithful (old)": decode(old, False), "fast (old)": decode(old, True), "faithful (new)": decode(new, False),
-             "fast (new, fp32)": decode(new, True), "fast (new, bf16)": decode(new, True, True)}
-    paths = {k: v for k, v in paths.items() if k != "faithful (new)" or args.rounds > 1}  # an exactness check, costly
+    paths = {"faithful": decode("faithful", new, False),
+             "fast (old rev)": decode("fast (old rev)", old, True),
+             "fast fp32": decode("fast fp32", new, FastDecoding(precision="fp32")),
+             f"fast fp32 buckets {list(buckets)}": decode(f"fast fp32 buckets {list(buckets)}", new,
+                                                          FastDecoding(precision="fp32", buckets=buckets)),
+             "fast bf16": decode("fast bf16", new, FastDecoding(precision="bf16"))}
+    paths = {k: v for k, v in paths.items() if not args.dec_paths or k in args.dec_paths}
     print(f"decode: stage 1 H={args.dec_hidden} x {args.dec_layers}, vocab 1024, prompt {args.dec_prompt} + {args.dec_target} "
-          f"frames, {args.dec_steps} steps, CFG 2.5, batch 1, "
-          f"{torch.get_num_threads()} threads ({load()})")
+          f"frames, {args.dec_steps} steps, CFG 2.5, batch 1, {torch.get_num_threads()} threads ({load()})")
     times = interleave(paths, args.rounds, args.warmup)
-    report(times, "frames/s", args.dec_target, "faithful (old)")
-    ref = results[(id(old), False, False)]
-    for name, key in (*((("faithful (new)", (id(new), False, False)),) if (id(new), False, False) in results else ()), ("fast (new, fp32)", (id(new), True, False)),
-                      ("fast (new, bf16)", (id(new), True, True)), ("fast (old)", (id(old), True, False))):
-        print(f"  token agreement with faithful (old): {name:<18} {(results[key] == ref).float().mean().item():.3f}")
+    report(times, "frames/s", args.dec_target, next(iter(paths)))
+    if "faithful" in results:
+        for name, ids in results.items():
+            print(f"  token agreement with faithful: {name:<28} {(ids == results['faithful']).float().mean().item():.3f}")
 
 
 def main() -> None:
@@ -228,6 +255,8 @@ def main() -> None:
     ap.add_argument("--dec-target", type=int, default=350)
     ap.add_argument("--dec-steps", type=int, default=25)
     ap.add_argument("--warmup", type=int, default=1, help="decode: untimed calls per path first (0 on a very loaded machine)")
+    ap.add_argument("--buckets", type=int, nargs="+", default=[256, 512, 1024], help="decode: the bucketed path's lengths")
+    ap.add_argument("--dec-paths", nargs="*", default=None, help="decode: only these paths (default all)")
     ap.add_argument("--batches", type=int, default=12, help="packing: corpus batches per timed pass")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="train: also time regional compile")
     args = ap.parse_args()

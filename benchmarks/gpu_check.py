@@ -19,6 +19,11 @@ Rows (synthetic SSL tokens, 10K tokens per GPU per step = `--batch` x `--frames`
     decode           fast stage-1 decoding (batched CFG, bf16) of 350 frames after a 150-frame prompt,
                      25 steps, CFG 2.5, at batch 1 and 16, with and without regional compile; RTF and
                      token agreement with faithful fp32 decoding
+    decode_graphs    the same fast bf16 decoding with static shape buckets (256/512/1024/2048) and CUDA
+                     graphs (one capture per bucket shape, replayed every step) vs without, batch 1 and
+                     16; and a 16-request "manifest" of mixed lengths (prompt 50-150, target 50-400)
+                     decoded one at a time vs batched per bucket (requests/s, each request's tokens
+                     compared with its solo run)
 
 Per row: tokens/s (timed steps after `--warmup`), step time, peak GPU memory
 (torch.cuda.max_memory_allocated), and model FLOPs utilisation; `mfu_attn` adds the attention FLOPs
@@ -58,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from metis.atomic import write_json  # noqa: E402  (standard library only)
 from metis.lightning.metrics import masked_token_loss  # noqa: E402  (torch only)
 from metis.lightning.throughput import per_token_matmul_params, training_flops  # noqa: E402
-from metis.models.decoding import DecodeConfig, UniformNoise  # noqa: E402
+from metis.models.decoding import DecodeConfig, FastDecoding, UniformNoise, bucket_length  # noqa: E402
 from metis.models.llama_nar import estimator_of  # noqa: E402
 from metis.models.metis_stage1 import MetisStage1  # noqa: E402  (torch only)
 
@@ -220,11 +225,11 @@ def row_decode(args, device: torch.device) -> dict:
 
     def run(b, fast, bf16):
         noises = [UniformNoise(torch.Generator(device=device).manual_seed(7 + r)) for r in range(b)]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            _sync(device)
-            t0 = time.perf_counter()
-            ids = net.reverse_diffusion_rows([prompt] * b, [350] * b, settings, noises=noises, fast=fast)
-            _sync(device)
+        _sync(device)
+        t0 = time.perf_counter()
+        ids = net.reverse_diffusion_rows([prompt] * b, [350] * b, settings, noises=noises,
+                                         fast=FastDecoding(precision="bf16" if bf16 else "fp32") if fast else False)
+        _sync(device)
         return time.perf_counter() - t0, torch.stack(ids)
 
     run(1, False, False)
@@ -241,6 +246,52 @@ def row_decode(args, device: torch.device) -> dict:
             out[f"{tag}_rtf"] = t / (b * 350 / 50)  # seconds per second of generated audio (stage 1 only)
             out[f"{tag}_agree"] = (ids[:1] == ref).float().mean().item()
     out.update(params=sum(p.numel() for p in net.parameters()), trainable=0, engine="decode (stage 1)")
+    return out
+
+
+def row_decode_graphs(args, device: torch.device) -> dict:
+    """Fast bf16 stage-1 decoding with shape buckets + CUDA graphs vs without; a 16-request manifest batched vs solo."""
+    net = build_net(args, False).to(device).eval().requires_grad_(False)
+    vocab = net.cond_codebook_size
+    settings = DecodeConfig(n_timesteps=25, temp=0.9, filter_thres=0.98, cfg=2.5, rescale_cfg=0.75)
+    g = torch.Generator().manual_seed(3)
+    buckets = (256, 512, 1024, 2048)
+    variants = {"eager": FastDecoding(precision="bf16"), "graphs": FastDecoding(precision="bf16", buckets=buckets)}
+    out = {"buckets": list(buckets), "cuda_graphs": device.type == "cuda"}
+
+    def run(prompts, targets, fast, seeds=None):
+        seeds = seeds or [7 + r for r in range(len(prompts))]
+        noises = [UniformNoise(torch.Generator(device=device).manual_seed(s)) for s in seeds]
+        _sync(device)
+        t0 = time.perf_counter()
+        ids = net.reverse_diffusion_rows(prompts, targets, settings, noises=noises, fast=fast)
+        _sync(device)
+        return time.perf_counter() - t0, ids
+
+    prompt = torch.randint(0, vocab, (150,), generator=g)
+    ref = run([prompt], [350], False)[1][0]
+    for name, fast in variants.items():
+        for b in (1, 16):
+            run([prompt] * b, [350] * b, fast)  # warm-up (captures the graphs)
+            t, ids = run([prompt] * b, [350] * b, fast)
+            out[f"{name}_b{b}_s"] = t
+            out[f"{name}_b{b}_rtf"] = t / (b * 350 / 50)
+            out[f"{name}_b{b}_agree"] = (ids[0] == ref).float().mean().item()
+    prompts = [torch.randint(0, vocab, (int(n),), generator=g) for n in torch.randint(50, 151, (16,), generator=g)]
+    targets = [int(n) for n in torch.randint(50, 401, (16,), generator=g)]
+    fast = variants["graphs"]
+    groups: dict[int, list[int]] = {}  # one batched decode per bucket of prompt + target (as the pipeline batches)
+    for r in sorted(range(16), key=lambda r: prompts[r].numel() + targets[r]):
+        groups.setdefault(bucket_length(prompts[r].numel() + targets[r], buckets), []).append(r)
+    for _ in range(2):  # the first round warms up (one capture per shape), the second is timed
+        solo = [run(prompts[r:r + 1], targets[r:r + 1], fast, [100 + r]) for r in range(16)]
+        batched = [(rows, run([prompts[r] for r in rows], [targets[r] for r in rows], fast, [100 + r for r in rows]))
+                   for rows in groups.values()]
+    t_solo, t_batched = sum(t for t, _ in solo), sum(t for _, (t, _) in batched)
+    same = torch.cat([ids[k] == solo[r][1][0] for rows, (_, ids) in batched for k, r in enumerate(rows)]).float().mean().item()
+    out.update(manifest_solo_requests_per_s=16 / t_solo, manifest_batched_requests_per_s=16 / t_batched,
+               manifest_speedup=t_solo / t_batched, manifest_agree_with_solo=same, manifest_batches=len(groups),
+               params=sum(p.numel() for p in net.parameters()), trainable=0, engine="decode (stage 1), buckets + CUDA graphs")
     return out
 
 
@@ -328,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                 "compiled": lambda: row_torch(args, device, checkpointing=False, compiled=True),
                 "padded": lambda: row_torch(args, device, checkpointing=False, packing="off"),
                 "packed": lambda: row_torch(args, device, checkpointing=False, packing="compute"),
-                "decode": lambda: row_decode(args, device)}
+                "decode": lambda: row_decode(args, device),
+                "decode_graphs": lambda: row_decode_graphs(args, device)}
         if name not in runs:
             print(f"error: unknown row {name!r} ({', '.join(runs)})", file=sys.stderr)
             return 2

@@ -33,7 +33,7 @@ from metis.inference.generate import Item, generate
 from metis.inference.tasks import (S2A_1LAYER_DEFAULT, S2A_FULL_DEFAULT, SAMPLES_PER_FRAME_16K,
                                    STAGE1_DEFAULTS, TASKS, Request, S2ASettings, apply_overrides, chunk_starts, stitch,
                                    tts_target_len)
-from metis.models.decoding import DecodeConfig
+from metis.models.decoding import DecodeConfig, FastDecoding, bucket_length
 from metis.models.llama_nar import estimator_of
 
 ModelOrLoader = nn.Module | Callable[[], nn.Module]
@@ -65,6 +65,20 @@ def _item_seed(seed: int, chunk: int) -> int:
     return (int(seed) * 1_000_003 + chunk * 7919) % (2**63 - 1)
 
 
+def batch_items(items: Sequence[Item], batch_size: int, buckets: Sequence[int] | None = None) -> list[list[Item]]:
+    """Length-sorted batches of at most batch_size items sharing task and settings (and, with shape
+    buckets, the bucket of their prompt + target length, so that a batch's passes share one shape)."""
+    groups: dict[tuple, list[Item]] = {}
+    for it in items:
+        size = None if buckets is None else bucket_length(it.prompt_ids.numel() + it.target_len, buckets)
+        groups.setdefault((it.task, it.stage1, it.s2a_1layer, it.s2a_full, size), []).append(it)
+    batches = []
+    for group in groups.values():
+        group.sort(key=lambda it: it.prompt_ids.numel() + it.target_len)
+        batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
+    return batches
+
+
 class Pipeline:
     """Checkpoint -> tokens -> waveform for the inference tasks of the registry (`metis.tasks`).
 
@@ -78,6 +92,12 @@ class Pipeline:
         device: where the models run.
         fast: batched CFG, top-k-only sampling, bf16 autocast on CUDA (see metis.models.decoding);
             False decodes every row exactly as the reference decodes it alone.
+        precision: fast mode's arithmetic: "auto" (bf16 on CUDA, fp32 on a CPU), "bf16" (bf16 autocast
+            on any device: the fastest CPU path on CPUs with bf16 units), "fp32".
+        buckets: fast mode's static lengths (e.g. [256, 512, 1024, 2048]): items are batched per bucket
+            and every estimator pass is padded to its bucket (padding masked: the same tokens), so
+            shapes repeat across requests; with cuda_graphs each shape is captured once as a CUDA graph.
+            None: no padding, the passes run packed.
         batch_size: items per stage-1 / S2A batch (length-sorted).
         chunk_seconds, overlap_seconds: windowing of long sources of chunked tasks (tasks.py); 0 disables.
         stage1_settings: task -> {n_timesteps, cfg, rescale_cfg, temp, filter_thres} replacing the
@@ -94,7 +114,8 @@ class Pipeline:
                  fast: bool = False, batch_size: int = 8, chunk_seconds: float = 20.0, overlap_seconds: float = 1.0,
                  stage1_settings: Mapping[str, Mapping[str, Any]] | None = None,
                  s2a_1layer_settings: Mapping[str, Any] | None = None, s2a_full_settings: Mapping[str, Any] | None = None,
-                 noise_device: str | torch.device | None = None, progress: bool = True, compile: bool = False):
+                 noise_device: str | torch.device | None = None, progress: bool = True, compile: bool = False,
+                 precision: str = "auto", buckets: Sequence[int] | None = None, cuda_graphs: bool = True):
         self.device = torch.device(device)
         self._stage1: dict[str, ModelOrLoader] = dict(stage1)
         unknown = sorted(set(self._stage1) - set(registry.TASKS))
@@ -104,7 +125,10 @@ class Pipeline:
         self.semantic = semantic
         self.acoustic = acoustic
         self._g2p = g2p
-        self.fast = fast
+        if not fast and (precision == "bf16" or buckets):
+            raise ValueError(f"precision={precision!r} / buckets={buckets!r} are fast-mode options: set fast=true "
+                             "(faithful decoding stays the reference's exact fp32 computation)")
+        self.fast = FastDecoding(precision, None if not buckets else tuple(buckets), cuda_graphs) if fast else False
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -259,17 +283,11 @@ class Pipeline:
                 items += its
                 results[i].chunks = len(its)
                 results[i].settings = {"stage1": asdict(its[0].stage1), "s2a_1layer": asdict(its[0].s2a_1layer),
-                                       "s2a_full": asdict(its[0].s2a_full), "seed": req.seed, "fast": self.fast}
+                                       "s2a_full": asdict(its[0].s2a_full), "seed": req.seed, "fast": bool(self.fast),
+                                       **({"precision": self.fast.precision} if self.fast else {})}
             except Exception as e:  # noqa: BLE001 - reported per request
                 results[i].error = f"{type(e).__name__}: {e}"
-        # length-sorted batches of items that share task and settings
-        groups: dict[tuple, list[Item]] = {}
-        for it in items:
-            groups.setdefault((it.task, it.stage1, it.s2a_1layer, it.s2a_full), []).append(it)
-        batches = []
-        for group in groups.values():
-            group.sort(key=lambda it: it.prompt_ids.numel() + it.target_len)
-            batches += [group[i:i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+        batches = batch_items(items, self.batch_size, self.fast.buckets if self.fast else None)
         wavs: dict[tuple[int, int], torch.Tensor] = {}
         compute = [0.0] * len(requests)
         bar = tqdm(total=len(items), desc="infer", unit="item", disable=not (self.progress if progress is None else progress))

@@ -14,7 +14,11 @@ One decoder, `masked_decode`, follows docs/reference.md §2.4 step for step. Its
 - `fast=True` changes the arithmetic, not the maths. Everything it changes lives in this module:
   Gumbel-max and the confidence softmax over the k kept logits only (`sample_tokens`), a vectorised
   per-row std (`cfg_combine`), the conditional and unconditional estimator passes as one forward of
-  2b rows and bf16 autocast on CUDA (`guided_passes`). Static shapes / CUDA graphs belong here too.
+  2b rows and bf16 autocast (`guided_passes`, `autocast`). `fast` may also be a `FastDecoding`,
+  which picks the precision (bf16 on CUDA by default, bf16 on a CPU when asked) and static shape
+  buckets: the 2b-row pass padded to a bucket length and run with a key mask (padding never
+  attended, so the tokens are those of the unbucketed pass), captured as a CUDA graph per shape on
+  CUDA and replayed at every later step and request of that shape (`static_pass`).
 
 The random draws come from an injectable `UniformNoise`, so recorded draws can be replayed exactly
 (`ReplayNoise`).
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +47,54 @@ class DecodeConfig:
     filter_thres: float
     cfg: float
     rescale_cfg: float
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class FastDecoding:
+    """Fast mode's options; `fast=True` means `FastDecoding()`.
+
+    precision: "auto" = bf16 autocast on CUDA, fp32 elsewhere; "bf16" = bf16 autocast on any device
+        (on a CPU with bf16 matrix units, AVX512-BF16 / AMX, the fastest path: benchmarks/README.md);
+        "fp32" = no autocast. The token agreement with faithful mode is below 1 under bf16.
+    buckets: static lengths for the estimator pass: its 2b rows are padded to the smallest bucket that
+        holds them (beyond the last, a multiple of the last) and run with a key mask, so that requests
+        of different lengths share shapes. None: no padding (the pass runs packed).
+    cuda_graphs: on CUDA, capture each bucketed pass shape once as a CUDA graph and replay it (needs
+        buckets; ignored on a CPU).
+    """
+
+    precision: str = "auto"
+    buckets: tuple[int, ...] | None = None
+    cuda_graphs: bool = True
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.buckets is not None:
+            object.__setattr__(self, "buckets", tuple(sorted(int(x) for x in self.buckets)))
+            if not self.buckets or self.buckets[0] < 1:
+                raise ValueError(f"buckets must be positive lengths, got {self.buckets}")
+
+
+Fast = bool | FastDecoding
+
+
+def fast_options(fast: Fast) -> FastDecoding | None:
+    """None for faithful decoding, else the fast mode's options."""
+    if isinstance(fast, FastDecoding):
+        return fast
+    return FastDecoding() if fast else None
+
+
+def bucket_length(n: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket >= n; beyond the last bucket, n rounded up to a multiple of it."""
+    for size in buckets:
+        if size >= n:
+            return size
+    return -(-n // buckets[-1]) * buckets[-1]
 
 
 class UniformNoise:
@@ -125,34 +178,88 @@ def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, cfg: float, rescale_cf
     return out
 
 
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast for the estimator on CUDA in fast mode; a no-op otherwise."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast(device: torch.device, fast: Fast):
+    """bf16 autocast for the estimator in fast mode (on CUDA, or anywhere with precision="bf16"); a
+    no-op otherwise. Under CUDA graphs the weight-cast cache is off (casts are part of the graph)."""
+    opts = fast_options(fast)
+    if opts is None or opts.precision == "fp32" or (opts.precision == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    graphs = device.type == "cuda" and opts.buckets is not None and opts.cuda_graphs
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not graphs)
+
+
+class _CapturedPass:
+    """One estimator pass captured as a CUDA graph: static input buffers, replayed with new inputs."""
+
+    def __init__(self, fn: Callable, args: Sequence[torch.Tensor]):
+        self.args = [a.clone() for a in args]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn(*self.args)  # warm-up outside the capture (lazy kernels, cuBLAS workspace)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = fn(*self.args)
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        for buf, a in zip(self.args, args):
+            buf.copy_(a)
+        self.graph.replay()
+        return self.out.clone()  # the next replay overwrites self.out
+
+
+_GRAPHS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def static_pass(estimator, x: torch.Tensor, t: torch.Tensor, x_mask: torch.Tensor, cuda_graphs: bool) -> torch.Tensor:
+    """The estimator on a bucket-padded batch: x (b, L, d), t (b,), x_mask (b, L) -> (b, L, d).
+
+    Positions 0..L-1, a boolean key mask (padded keys never attended; padded query rows are computed
+    and ignored by the caller), no host synchronisation: on CUDA with cuda_graphs the pass is captured
+    once per (shape, dtype, autocast) and replayed.
+    """
+    keys = x_mask.bool()[:, None, None, :]  # (b, 1, 1, L)
+
+    def run(x, t, keys):
+        return estimator.stack(x, estimator.time_condition(t, x.dtype), torch.arange(x.shape[1], device=x.device), keys)
+
+    if not (cuda_graphs and x.is_cuda):
+        return run(x, t, keys)
+    key = (tuple(x.shape), x.dtype, torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+    graphs = _GRAPHS.setdefault(estimator, {})
+    if key not in graphs:
+        graphs[key] = _CapturedPass(run, (x, t, keys))
+    return graphs[key](x, t, keys)
 
 
 def guided_passes(estimator: Callable, x_c: torch.Tensor, m_c: torch.Tensor, x_u: torch.Tensor | None,
-                  m_u: torch.Tensor | None, t_i: float, fast: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  m_u: torch.Tensor | None, t_i: float, fast: Fast) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The conditional and (when x_u is given) unconditional estimator passes of one step.
 
     estimator(x (b, l, d), t (b,), x_mask (b, l), packing=...) -> (b, l, d): a LlamaNAR. Faithful: two
-    calls, as the reference. Fast: one call on 2b rows padded to a common length and run packed
-    (`packing="compute"`: the padding of the shorter unconditional rows is not computed), under bf16
-    autocast on CUDA.
+    calls, as the reference. Fast: one call on the 2b rows padded to a common length, under `autocast`:
+    run packed (`packing="compute"`: the padding of the shorter unconditional rows is not computed),
+    or with buckets padded to the bucket length and run by `static_pass`.
     """
     b = x_c.shape[0]
     t = torch.full((b,), t_i, dtype=torch.float32, device=x_c.device)
+    opts = fast_options(fast)
     with autocast(x_c.device, fast):
-        if x_u is None:
-            return estimator(x_c, t, m_c), None
-        if not fast:
-            return estimator(x_c, t, m_c), estimator(x_u, t, m_u)
-        l = max(x_c.shape[1], x_u.shape[1])
-        x = torch.cat([F.pad(x_c, (0, 0, 0, l - x_c.shape[1])), F.pad(x_u, (0, 0, 0, l - x_u.shape[1]))])
-        m = torch.cat([F.pad(m_c, (0, l - m_c.shape[1])), F.pad(m_u, (0, l - m_u.shape[1]))])
-        e = estimator(x, torch.cat([t, t]), m, packing="compute")
-        return e[:b, : x_c.shape[1]], e[b:, : x_u.shape[1]]
+        if opts is None:
+            return estimator(x_c, t, m_c), None if x_u is None else estimator(x_u, t, m_u)
+        parts = [(x_c, m_c)] + ([] if x_u is None else [(x_u, m_u)])
+        l = max(x.shape[1] for x, _ in parts)
+        if opts.buckets is not None:
+            l = bucket_length(l, opts.buckets)
+        x = torch.cat([F.pad(x, (0, 0, 0, l - x.shape[1])) for x, _ in parts])
+        m = torch.cat([F.pad(m, (0, l - m.shape[1])) for _, m in parts])
+        ts = t.repeat(len(parts))
+        if opts.buckets is not None:
+            e = static_pass(estimator, x, ts, m, opts.cuda_graphs)
+        else:
+            e = estimator(x, ts, m, packing="compute") if x_u is not None else estimator(x, ts, m)
+        return e[:b, : x_c.shape[1]], None if x_u is None else e[b:, : x_u.shape[1]]
 
 
 def sample_tokens(logits: torch.Tensor, filter_thres: float, tau: float, u: torch.Tensor | None,
@@ -189,7 +296,7 @@ def _draw(noise: Noise, lengths: Sequence[int], active: torch.Tensor, last_dim: 
 
 
 def masked_decode(logits_fn: LogitsFn, lengths: Sequence[int], n_timesteps: int, *, temp: float, filter_thres: float,
-                  noise: Noise | None, device: torch.device, coupled: bool, fast: bool = False,
+                  noise: Noise | None, device: torch.device, coupled: bool, fast: Fast = False,
                   preschedule_mask_indices: torch.Tensor | None = None) -> torch.Tensor:
     """Decode T_r tokens per row from an all-masked start in `n_timesteps` steps (docs/reference.md §2.4).
 

@@ -104,7 +104,8 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 attn: "torch.Tensor | Packed | None") -> torch.Tensor:
         """x (b, t, d); cos/sin (t, e); attn: None (no padding), a (b, 1, 1, t) additive key bias
-        (0 or dtype-min), or the `Packed` layout of a (1, N, d) x -> (b, t, d)."""
+        (0 or dtype-min) or boolean key mask (True = attend), or the `Packed` layout of a (1, N, d) x
+        -> (b, t, d)."""
         b, t, d = x.shape
         q, k, v = (p(x).view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
         q = q * cos + rotate_half(q) * sin  # (b, h, t, e)
@@ -281,31 +282,36 @@ class LlamaNAR(nn.Module):
             x = torch.cat([self.cond_mlp(prefix), x], dim=1)
             x_mask = torch.cat([prefix_mask.to(x_mask.dtype), x_mask], dim=1)
 
-        c = self.diff_step_mlp(sinusoidal_embedding(t, self.hidden_size).to(x.dtype))  # (b, d)
+        c = self.time_condition(t, x.dtype)  # (b, d)
         valid = x_mask != 0
         l = x.shape[1]
-        packed = None
         if bool(valid.all()):
-            attn = None  # nothing to mask: SDPA may pick a flash kernel
-            cos, sin = self.rotary(torch.arange(l, device=x.device), x.dtype)
+            x = self.stack(x, c, torch.arange(l, device=x.device), None)  # nothing to mask: SDPA may pick flash
         elif (packing or self.packing) != "off":
-            attn = packed = Packed.of(valid, utterance_positions=(packing or self.packing) == "utterance")
-            x = packed.pack(x)  # (1, N, d)
-            cos, sin = self.rotary(packed.positions, x.dtype)
+            packed = Packed.of(valid, utterance_positions=(packing or self.packing) == "utterance")
+            x = packed.unpack(self.stack(packed.pack(x), c, packed.positions, packed), b, l)  # (1, N, d) inside
         else:
             attn = torch.zeros(x_mask.shape, dtype=x.dtype, device=x.device)
             attn = attn.masked_fill(~valid, torch.finfo(x.dtype).min)[:, None, None, :]  # (b, 1, 1, t)
-            cos, sin = self.rotary(torch.arange(l, device=x.device), x.dtype)
+            x = self.stack(x, c, torch.arange(l, device=x.device), attn)
+        return x[:, p:]
 
+    def time_condition(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """t (b,) -> c (b, d) = diff_step_mlp(sinusoid(t)), shared by every adaptive norm."""
+        return self.diff_step_mlp(sinusoidal_embedding(t, self.hidden_size).to(dtype))
+
+    def stack(self, x: torch.Tensor, c: torch.Tensor, positions: torch.Tensor,
+              attn: "torch.Tensor | Packed | None") -> torch.Tensor:
+        """The layers and the final norm: x (b, l, d) (packed: (1, N, d)), c (b, d), positions (l,) RoPE
+        positions, attn as `SelfAttention` takes it (None, a key mask/bias, or the `Packed` layout) ->
+        (b, l, d). No host synchronisation: fast decoding captures it as a CUDA graph."""
+        cos, sin = self.rotary(positions, x.dtype)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, c, cos, sin, attn, use_reentrant=False)
             else:
                 x = layer(x, c, cos, sin, attn)
-        x = self.norm(x, c, None if packed is None else packed.rows)
-        if packed is not None:
-            x = packed.unpack(x, b, l)
-        return x[:, p:]
+        return self.norm(x, c, attn.rows if isinstance(attn, Packed) else None)
 
     def reset_parameters(self, std: float = 0.02, norm_init: str = "reference") -> None:
         """Fresh init for training from scratch: every Linear N(0, std) with zero bias.

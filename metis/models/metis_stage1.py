@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from metis.models.decoding import (DecodeConfig, Packer, UniformNoise, autocast, cfg_combine, guided_passes,
+from metis.models.decoding import (DecodeConfig, Fast, Packer, UniformNoise, autocast, cfg_combine, guided_passes,
                                    masked_decode, pad_rows, segment, valid_mask)
 from metis.models.llama_nar import LlamaNAR, two_layer_mlp
 
@@ -304,14 +304,15 @@ class MetisStage1(nn.Module):
     @torch.no_grad()
     def reverse_diffusion_rows(self, prompts: Sequence[torch.Tensor], target_lens: Sequence[int], settings: DecodeConfig,
                                *, noises: Sequence[UniformNoise], phones: Sequence[torch.Tensor] | None = None,
-                               finetune_conds: Sequence[torch.Tensor] | None = None, fast: bool = False) -> list[torch.Tensor]:
+                               finetune_conds: Sequence[torch.Tensor] | None = None, fast: Fast = False) -> list[torch.Tensor]:
         """Decode a batch of rows of their own lengths, each as if alone (docs/reference.md Q6 not reproduced).
 
         Args:
             prompts: per row (tp_r,) prompt ids (tp_r may be 0). target_lens: T_r per row.
             noises: one uniform source per row. phones: per row (p_r,) phone ids, or None for all rows.
             finetune_conds: per row (tp_r + T_r, c) adapter features, or None for all rows.
-            fast: batched CFG, top-k-only sampling, bf16 on CUDA (metis.models.decoding).
+            fast: batched CFG, top-k-only sampling, bf16 on CUDA; a `FastDecoding` picks precision and
+                shape buckets (metis.models.decoding).
         Returns:
             per row the generated ids (T_r,). A batch of one equals `reverse_diffusion` with the same noise.
         """
@@ -335,7 +336,7 @@ class MetisStage1(nn.Module):
 
     def _reverse_diffusion(self, prompt: torch.Tensor, prompt_lens: list[int], target_lens: list[int],
                            phone_id: torch.Tensor | None, phone_lens: list[int] | None, finetune_cond: torch.Tensor | None,
-                           settings: DecodeConfig, *, noise, coupled: bool, fast: bool = False,
+                           settings: DecodeConfig, *, noise, coupled: bool, fast: Fast = False,
                            preschedule_mask_indices: torch.Tensor | None = None) -> torch.Tensor:
         """The inference forward on padded rows: prompt (b, tp_max), phone_id (b, p_max), finetune_cond
         (b, tp_max + T_max, c), row r valid for its own lengths -> ids (b, T_max).

@@ -22,7 +22,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from metis.models.decoding import (DecodeConfig, Packer, UniformNoise, autocast, cfg_combine, guided_passes,
+from metis.models.decoding import (DecodeConfig, Fast, Packer, UniformNoise, autocast, cfg_combine, guided_passes,
                                    masked_decode, pad_rows, segment, valid_mask)
 from metis.models.llama_nar import LlamaNAR
 from metis.models.metis_stage1 import per_utterance_prompt_len
@@ -306,7 +306,7 @@ class MaskGCTS2A(nn.Module):
     @torch.no_grad()
     def reverse_diffusion_rows(self, conds: Sequence[torch.Tensor], prompts: Sequence[torch.Tensor],
                                layer_settings: Sequence[DecodeConfig], *, noises: Sequence[UniformNoise],
-                               gt_codes: Sequence[torch.Tensor] | None = None, fast: bool = False) -> list[torch.Tensor]:
+                               gt_codes: Sequence[torch.Tensor] | None = None, fast: Fast = False) -> list[torch.Tensor]:
         """Decode a batch of rows of their own lengths, each as if alone (docs/reference.md Q6 not reproduced).
 
         Args:
@@ -315,7 +315,8 @@ class MaskGCTS2A(nn.Module):
                 used (the 1-layer model gets the 12-layer prompt, as in the reference).
             layer_settings: one DecodeConfig per layer (entries of given gt layers are unused).
             noises: one uniform source per row. gt_codes: per row (T_r, g) given first layers.
-            fast: batched CFG, top-k-only sampling, bf16 on CUDA (metis.models.decoding).
+            fast: batched CFG, top-k-only sampling, bf16 on CUDA; a `FastDecoding` picks precision and
+                shape buckets (metis.models.decoding).
         Returns:
             per row codes (T_r, Nq). A batch of one equals `reverse_diffusion` with the same noise.
         """
@@ -342,7 +343,7 @@ class MaskGCTS2A(nn.Module):
 
     def _reverse_diffusion(self, cond: torch.Tensor, prompt: torch.Tensor, prompt_lens: list[int], target_lens: list[int],
                            layer_settings: list[DecodeConfig], gt_code: torch.Tensor | None, *, noise, coupled: bool,
-                           fast: bool = False) -> torch.Tensor:
+                           fast: Fast = False) -> torch.Tensor:
         """The inference forward on padded rows: cond (b, p_max + T_max, d), prompt (b, p_max, q), row r
         valid for its own lengths -> codes (b, T_max, q).
 

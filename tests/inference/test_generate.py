@@ -1,8 +1,6 @@
 """The one generation chain: Pipeline (infer.py), the AudioSamples callback and the inference benchmark all
 decode through `metis.inference.generate.generate` and give identical tokens and audio for one item."""
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,16 +14,11 @@ from metis.inference.pipeline import Pipeline
 from metis.inference.tasks import Request
 from metis.lightning.audio_samples import AudioSamples
 from metis.models.metis_stage1 import MetisStage1
+from tests.bench_scripts import load_benchmark
 from tests.inference.conftest import DECODER, S2A, SEM_CODES, perturb
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_inference.py"
-
-
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_inference", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_inference")
 
 
 class Spy:

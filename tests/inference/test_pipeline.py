@@ -180,3 +180,25 @@ def test_cli_single_request(repos, audio, tmp_path):
     assert results[0].settings["stage1"]["n_timesteps"] == 3
     check_wav(tmp_path / "cli.wav", semantic_num_frames(load_audio(audio["source"], 16000).numel()) * 480)
     assert json.loads((tmp_path / "r.jsonl").read_text())["ok"]
+
+
+def test_fast_bucketed_manifest_batches_equal_one_by_one(repos, audio):
+    """fast=true with shape buckets: items are batched per bucket and every pass is padded to its bucket;
+    each request's audio equals its own solo run (per-row decoding, padding masked)."""
+    pipe = load_pipeline(**pipeline_kwargs(repos, batch_size=4, fast=True, buckets=[64, 128]), tasks=("vc", "tts"))
+    assert pipe.fast.buckets == (64, 128)
+    reqs = [Request("vc", input=str(audio["source"]), prompt=str(audio["prompt"]), seed=1),
+            Request("vc", input=str(audio["prompt"]), prompt=str(audio["source"]), seed=3),
+            Request("tts", prompt=str(audio["prompt"]), prompt_text="one", text="two three", target_seconds=0.5, seed=4)]
+    results = pipe.run(reqs)
+    assert all(r.ok for r in results) and all(r.settings["fast"] is True for r in results)
+    batched = list(pipe.last_outputs)
+    for req, wav in zip(reqs, batched):
+        assert torch.equal(pipe(req), wav)
+
+
+def test_fast_mode_options_need_fast(repos):
+    with pytest.raises(ValueError, match="fast-mode options"):
+        load_pipeline(**pipeline_kwargs(repos, precision="bf16"), tasks=("vc",))
+    with pytest.raises(ValueError, match="precision"):
+        load_pipeline(**pipeline_kwargs(repos, fast=True, precision="half"), tasks=("vc",))

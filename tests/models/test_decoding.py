@@ -179,3 +179,88 @@ def test_masked_decode_switches_are_checked():
     with pytest.raises(ValueError, match="preschedule"):
         masked_decode(fn, [3, 3], 2, temp=1.0, filter_thres=0.5, noise=[gen(0), gen(1)], device=torch.device("cpu"),
                       coupled=False, preschedule_mask_indices=torch.arange(3))
+
+
+def _tts_and_s2a_runs(tts_model, s2a_model, fast):
+    """Stage 1 (phones, rows of their own lengths, CFG) then S2A (4 layers, CFG) of two rows."""
+    torch.manual_seed(5)
+    prompts = [torch.randint(0, V, (n,)) for n in (4, 8)]
+    phones = [torch.randint(0, 100, (n,)) for n in (6, 3)]
+    sem = tts_model.reverse_diffusion_rows(prompts, [20, 14], DecodeConfig(8, 0.9, 0.8, 2.5, 0.75),
+                                           noises=[gen(1), gen(2)], phones=phones, fast=fast)
+    codes = s2a_model.reverse_diffusion_rows(
+        [torch.cat([p, r]) for p, r in zip(prompts, sem)],
+        [torch.randint(0, V, (p.numel(), 4), generator=torch.Generator().manual_seed(0)) for p in prompts],
+        [DecodeConfig(s, 1.5, 0.8, 2.5, 0.75) for s in (6, 3, 1, 1)], noises=[gen(3), gen(4)], fast=fast)
+    return sem, codes
+
+
+@pytest.mark.parametrize("buckets", [(16, 64), (8,)])
+def test_bucketed_fast_mode_gives_the_unbucketed_tokens(tts_model, s2a_model, buckets):
+    """Static shape buckets pad the CFG batch (to 64, or to multiples of 8) and mask the padding: on CPU
+    float32 every stage-1 and S2A token equals the unbucketed fast mode's."""
+    from metis.models.decoding import FastDecoding
+
+    plain = _tts_and_s2a_runs(tts_model, s2a_model, True)
+    bucketed = _tts_and_s2a_runs(tts_model, s2a_model, FastDecoding(buckets=buckets))
+    for a, b in zip(plain[0] + plain[1], bucketed[0] + bucketed[1]):
+        assert torch.equal(a, b)
+
+
+def test_bucket_length():
+    from metis.models.decoding import bucket_length
+
+    assert [bucket_length(n, (16, 64)) for n in (1, 16, 17, 64, 65, 129)] == [16, 16, 64, 64, 128, 192]
+
+
+def test_bucketed_pass_runs_on_the_bucket_shape(tts_model):
+    """The estimator really sees the padded (2b, bucket) batch: the shape is static across lengths."""
+    from metis.models.decoding import FastDecoding
+
+    seen = []
+    hook = tts_model.diff_estimator.layers[0].register_forward_hook(lambda m, a, out: seen.append(tuple(out.shape[:2])))
+    try:
+        for n in (5, 11):
+            tts_model.reverse_diffusion_rows([torch.arange(3)], [n], DecodeConfig(2, 0.9, 0.8, 2.5, 0.75), noises=[gen(0)],
+                                             fast=FastDecoding(buckets=(32,)))
+    finally:
+        hook.remove()
+    assert set(seen) == {(2, 32)}
+
+
+def test_cpu_bf16_precision_runs_the_estimator_in_bf16(tts_model):
+    """precision="bf16" autocasts the estimator on a CPU too ("auto" keeps fp32 there); the tokens stay valid ids."""
+    from metis.models.decoding import FastDecoding
+
+    dtypes = {}
+    for precision in ("auto", "bf16"):
+        seen = []
+        hook = tts_model.diff_estimator.layers[0].mlp.down_proj.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+        try:
+            out = tts_model.reverse_diffusion_rows([torch.arange(3)], [9], DecodeConfig(3, 0.9, 0.8, 2.5, 0.75),
+                                                   noises=[gen(0)], fast=FastDecoding(precision=precision))[0]
+        finally:
+            hook.remove()
+        dtypes[precision] = set(seen)
+        assert out.shape == (9,) and int(out.min()) >= 0 and int(out.max()) < V
+    assert dtypes == {"auto": {torch.float32}, "bf16": {torch.bfloat16}}
+    with pytest.raises(ValueError, match="precision"):
+        FastDecoding(precision="fp16")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_capture_replays_the_eager_bucketed_pass(tts_model):
+    """On CUDA the bucketed pass is captured once per shape and replayed: the same tokens as without graphs
+    (fp32), and one graph for two requests of different lengths in one bucket."""
+    from metis.models.decoding import _GRAPHS, FastDecoding
+
+    model = MetisStage1(64, 2, 4, cond_codebook_size=V, use_phone_cond=True, ft_type="tts")
+    model.load_state_dict(tts_model.state_dict())
+    model = model.cuda().eval()
+    runs = {}
+    for graphs in (False, True):
+        fast = FastDecoding(precision="fp32", buckets=(32,), cuda_graphs=graphs)
+        runs[graphs] = [model.reverse_diffusion_rows([torch.arange(3)], [n], DecodeConfig(4, 0.9, 0.8, 2.5, 0.75),
+                                                     noises=[gen(n)], fast=fast)[0].cpu() for n in (5, 11)]
+    assert all(torch.equal(a, b) for a, b in zip(runs[False], runs[True]))
+    assert len(_GRAPHS[model.diff_estimator]) == 1
