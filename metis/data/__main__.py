@@ -27,8 +27,13 @@ def main(argv: list[str] | None = None) -> int:
                        "left out and counted as too_short (default: the loader's min_dur, 0.5)")
     rules.add_argument("--max-dur", type=float, default=None, help="samples whose json duration is longer are "
                        "left out and counted as too_long (default: the loader's max_dur, 30)")
+    limits = argparse.ArgumentParser(add_help=False)  # metis.audio.check's limits (docs/data.md)
+    limits.add_argument("--min-std", type=float, default=None, help="audio varying less is constant (DC): "
+                        "left out, counted as constant_audio (default: metis.audio.MIN_STD, 1e-5)")
+    limits.add_argument("--max-clipped-fraction", type=float, default=None, help="audio with more of its samples "
+                        "at full scale is clipped flat: left out, counted as clipped_audio (default: 0.5)")
 
-    a = sub.add_parser("prepare", parents=[common], help="audio folder / manifest / LibriTTS / LibriSpeech -> shards")
+    a = sub.add_parser("prepare", parents=[common, limits], help="audio folder / manifest / LibriTTS / LibriSpeech -> shards")
     a.add_argument("input", help="folder, or manifest .jsonl/.csv/.tsv")
     a.add_argument("out_dir")
     a.add_argument("--layout", default="auto", choices=["auto", "folder", "manifest", "libritts", "librispeech"])
@@ -43,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--overwrite", action="store_true")
 
-    t = sub.add_parser("tokenize", parents=[common, rules], help="shards -> token shards (resumable)")
+    t = sub.add_parser("tokenize", parents=[common, rules, limits], help="shards -> token shards (resumable)")
     t.add_argument("shards", help="shard pattern, e.g. 'data/x/shard-{000000..000099}.tar' or a folder")
     t.add_argument("out_dir")
     t.add_argument("--tokenizer", required=True, help="spec: kmeans:DIR | semantic[:{json}] | acoustic | a _target_ node as JSON")
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--part", type=int, default=0, help="this job's index when several jobs share the shards")
     t.add_argument("--num-parts", type=int, default=1)
 
-    s = sub.add_parser("stats", parents=[common, rules], help="mean/var of SSL features over shards -> safetensors")
+    s = sub.add_parser("stats", parents=[common, rules, limits], help="mean/var of SSL features over shards -> safetensors")
     s.add_argument("shards")
     s.add_argument("out", help="output .safetensors (keys mean, var, std)")
     s.add_argument("--features", required=True, help="spec of the feature extractor (as --tokenizer)")
@@ -81,8 +86,12 @@ def main(argv: list[str] | None = None) -> int:
 def _rules(args: argparse.Namespace):
     from metis.data.validate import SampleRules
 
-    given = {k: getattr(args, k) for k in ("min_dur", "max_dur") if getattr(args, k) is not None}
-    return SampleRules(**given)
+    return SampleRules(**_given(args, ("min_dur", "max_dur", "min_std", "max_clipped_fraction")))
+
+
+def _given(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    """The options of `names` given on the command line (the others keep their defaults)."""
+    return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
 
 
 def _run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
@@ -92,7 +101,8 @@ def _run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         summary = prepare(args.input, args.out_dir, layout=args.layout, language=args.language,
                           overwrite=args.overwrite, sample_rate=args.sample_rate, min_dur=args.min_dur,
                           max_dur=args.max_dur, max_count=args.shard_samples, max_bytes=int(args.shard_bytes),
-                          seed=args.seed, workers=args.workers, prefix=args.prefix)
+                          seed=args.seed, workers=args.workers, prefix=args.prefix,
+                          **_given(args, ("min_std", "max_clipped_fraction")))
         _summary("prepare", summary)
     elif args.cmd == "tokenize":
         from metis.data.specs import load_tokenizer

@@ -64,10 +64,10 @@ class ShardStream(IterableDataset):
     """The per-worker pipeline; yields collated batch dicts. Build it through `build_loader`."""
 
     def __init__(self, urls: list[str], *, mode: Literal["train", "val"], fields: tuple[str, ...],
-                 max_tokens: int, min_dur: float, max_dur: float, seed: int, frame_rate: float,
+                 max_tokens: int, rules: SampleRules, seed: int, frame_rate: float,
                  shuffle_buffer: int, pool_batches: int, max_batch_size: int | None, packed: bool,
                  batches_per_epoch: int | None, tokenizer_identity: dict | None,
-                 acoustic_identity: dict | None, required_json: tuple[str, ...],
+                 acoustic_identity: dict | None,
                  rank: int | None, world_size: int | None, batch_stage: BatchStage | None = None):
         self.urls, self.mode, self.fields = urls, mode, fields
         self.max_tokens = max_tokens
@@ -76,7 +76,7 @@ class ShardStream(IterableDataset):
         self.packed = packed
         self.batches_per_epoch = batches_per_epoch
         self.identities = {"sem": tokenizer_identity, "ac": acoustic_identity}
-        self.rules = SampleRules(min_dur=min_dur, max_dur=max_dur, required_json=required_json)
+        self.rules = rules
         self.batch_stage = batch_stage
         self._rank_arg, self._world_arg = rank, world_size
         self.rank, self.world_size = dist_info(rank, world_size)
@@ -431,7 +431,8 @@ def build_loader(shards: str | Sequence[str], *, mode: Literal["train", "val"] =
                  frame_rate: float = 50.0, shuffle_buffer: int = 500, pool_batches: int | None = None,
                  max_batch_size: int | None = None, packed: bool = False, batches_per_epoch: int | None = None,
                  rank: int | None = None, world_size: int | None = None,
-                 required_json: Sequence[str] = REQUIRED_JSON, pin_memory: bool = False,
+                 required_json: Sequence[str] = REQUIRED_JSON, min_std: float = audio.MIN_STD,
+                 max_clipped_fraction: float = audio.MAX_CLIPPED_FRACTION, pin_memory: bool = False,
                  prefetch_factor: int | None = 2, persistent_workers: bool = False,
                  batch_stage: BatchStage | None = None) -> MetisLoader:
     """Build the DataLoader the training/validation code iterates (batches formed inside; batch_size=None).
@@ -456,6 +457,9 @@ def build_loader(shards: str | Sequence[str], *, mode: Literal["train", "val"] =
         batches_per_epoch: train only: batches per rank per epoch (None: endless).
         rank, world_size: override torch.distributed / RANK, WORLD_SIZE (resolved when iterated).
         required_json: json fields a sample must have.
+        min_std, max_clipped_fraction: the limits of `metis.audio.check` for decoded audio (a sample
+            that is constant or clipped flat is skipped and counted); min_dur, max_dur, required_json
+            and these make the `SampleRules` that `tokenize` and `stats` apply too.
         batch_stage: a last stage run on the collated batches inside the workers (`BatchStage`).
 
     Returns:
@@ -476,11 +480,13 @@ def build_loader(shards: str | Sequence[str], *, mode: Literal["train", "val"] =
     if pool_batches is None:
         pool_batches = 16 if any(f in WAV_RATES for f in fields) else 64
     urls = expand_shards(shards)
-    ds = ShardStream(urls, mode=mode, fields=fields, max_tokens=max_tokens, min_dur=min_dur, max_dur=max_dur,
+    rules = SampleRules(min_dur=min_dur, max_dur=max_dur, required_json=tuple(required_json), min_std=min_std,
+                        max_clipped_fraction=max_clipped_fraction)
+    ds = ShardStream(urls, mode=mode, fields=fields, max_tokens=max_tokens, rules=rules,
                      seed=seed, frame_rate=frame_rate, shuffle_buffer=shuffle_buffer, pool_batches=pool_batches,
                      max_batch_size=max_batch_size, packed=packed, batches_per_epoch=batches_per_epoch if mode == "train" else None,
                      tokenizer_identity=tokenizer_identity, acoustic_identity=acoustic_identity,
-                     required_json=tuple(required_json), rank=rank, world_size=world_size, batch_stage=batch_stage)
+                     rank=rank, world_size=world_size, batch_stage=batch_stage)
     # Its own generator: starting an iterator (here: every validation pass) must not draw from the
     # global torch RNG, which the trainer restores on resume (masking draws from it).
     return MetisLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,

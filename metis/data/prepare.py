@@ -165,13 +165,17 @@ def split_points(wav: np.ndarray, sr: int, max_dur: float) -> list[tuple[int, in
     return pieces
 
 
-def process(src: Source, sample_rate: int | None, min_dur: float, max_dur: float
+def process(src: Source, sample_rate: int | None, min_dur: float, max_dur: float, min_std: float = audio.MIN_STD,
+            max_clipped_fraction: float = audio.MAX_CLIPPED_FRACTION
             ) -> tuple[list[tuple[str, dict[str, bytes], float, str]], list[tuple[str, str, str]]]:
     """One source file -> ([(key, members, seconds, speaker)], [(reason, file, detail) of each piece
-    left out]). The file and each piece pass `metis.audio.check`, as the loader will check them."""
+    left out]). The file and each piece pass `metis.audio.check` (with `min_std`, `max_clipped_fraction`),
+    as the loader will check them."""
+    limits = dict(min_std=min_std, max_clipped_fraction=max_clipped_fraction)
     rejected: list[tuple[str, str, str]] = []
     try:
-        wav, sr = audio.read(src.path)
+        wav, sr = audio.read(src.path, validate=False)
+        audio.check(wav, src.path, **limits)
     except audio.AudioError as exn:
         return [], [(exn.reason, src.path, str(exn).removeprefix(f"{src.path}: "))]
     except OSError as exn:
@@ -189,7 +193,7 @@ def process(src: Source, sample_rate: int | None, min_dur: float, max_dur: float
             continue
         seg = wav[a:b]
         try:
-            audio.check(seg, where)
+            audio.check(seg, where, **limits)
         except audio.AudioError as exn:
             rejected.append((exn.reason, where, str(exn).removeprefix(f"{where}: ")))
             continue
@@ -210,6 +214,7 @@ def _process_star(args):
 def write_shards(sources: list[Source], out_dir: str | os.PathLike, *, sample_rate: int | None = None,
                  min_dur: float = 0.5, max_dur: float = 30.0, max_count: int = 1000, max_bytes: int = 1 << 30,
                  seed: int = 0, workers: int = 1, prefix: str = "shard", shuffle_buffer: int = 512,
+                 min_std: float = audio.MIN_STD, max_clipped_fraction: float = audio.MAX_CLIPPED_FRACTION,
                  progress: bool = True, desc: str = "prepare") -> dict:
     """Sources -> shards in out_dir (see module docstring). Returns the summary (also written to
     `{out_dir}/prepare.json`)."""
@@ -224,7 +229,7 @@ def write_shards(sources: list[Source], out_dir: str | os.PathLike, *, sample_ra
     seconds = 0.0
     buf: list[tuple[str, dict]] = []
     keys: set[str] = set()
-    jobs = [(s, sample_rate, min_dur, max_dur) for s in order]
+    jobs = [(s, sample_rate, min_dur, max_dur, min_std, max_clipped_fraction) for s in order]
 
     def results() -> Iterator:
         if workers > 1:

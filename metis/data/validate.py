@@ -38,12 +38,15 @@ class Rejected(Exception):
 
 @dataclass(frozen=True)
 class SampleRules:
-    """What a sample must satisfy (the loader's `min_dur`, `max_dur`, `required_json`; `tokenize` and
-    `stats` take the same values, default the loader's defaults)."""
+    """What a sample must satisfy: the loader's `min_dur`, `max_dur`, `required_json`, and the limits of
+    `metis.audio.check` (`min_std`, `max_clipped_fraction`); `tokenize` and `stats` take the same values,
+    default the loader's defaults."""
 
     min_dur: float = 0.5
     max_dur: float = 30.0
     required_json: tuple[str, ...] = REQUIRED_JSON
+    min_std: float = audio.MIN_STD
+    max_clipped_fraction: float = audio.MAX_CLIPPED_FRACTION
 
     def meta(self, sample: dict) -> tuple[dict, float]:
         """(json object, duration in seconds) of a raw tar sample. Raises Rejected."""
@@ -72,7 +75,8 @@ class SampleRules:
     def audio(self, data: bytes, duration: float, name: str = "audio") -> tuple[np.ndarray, int]:
         """Decode and check a sample's encoded audio against its json `duration`. Raises Rejected."""
         try:
-            wav, sr = audio.read(data, name=name)
+            wav, sr = audio.read(data, name=name, validate=False)
+            audio.check(wav, name, min_std=self.min_std, max_clipped_fraction=self.max_clipped_fraction)
         except audio.AudioError as exn:
             raise Rejected(exn.reason, str(exn)) from None
         seconds = len(wav) / sr

@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from metis.audio import MAX_CLIPPED_FRACTION, MIN_STD
 from metis.conditions.builders import ConditionStage
 from metis.data.loader import build_loader
 from metis.data.shards import TOKENIZER_MEMBER, expand_shards
@@ -40,6 +41,8 @@ class ShardDataModule(L.LightningDataModule):
         packed: budget real frames (sum of lengths) instead of the padded area; None: when the
             trained net packs its batches (`model.net.packing` not "off": padding costs no compute).
         fields: what batches carry: "sem", "ac", "vis", "wav16", "wav24".
+        min_dur, max_dur, min_std, max_clipped_fraction: the sample check (metis/data/validate.py):
+            duration limits of the json, and the limits of `metis.audio.check` for decoded audio.
         tokenizer_identity: the identity of the tokenizer that must have made the shards; samples
             from another tokenizer are skipped and counted. For the demo it is read from the corpus.
         demo: settings of `metis.data.demo.DemoConfig`; when given, `prepare_data` builds the demo
@@ -55,7 +58,8 @@ class ShardDataModule(L.LightningDataModule):
     def __init__(self, train_shards: str | Sequence[str] | None = None, val_shards: str | Sequence[str] | None = None,
                  codebook_size: int = 8192, max_tokens: int = 10_000, val_max_tokens: int | None = None,
                  fields: Sequence[str] = ("sem",), num_workers: int = 2, val_num_workers: int = 0, seed: int = 0,
-                 min_dur: float = 0.5, max_dur: float = 30.0, shuffle_buffer: int = 500,
+                 min_dur: float = 0.5, max_dur: float = 30.0, min_std: float = MIN_STD,
+                 max_clipped_fraction: float = MAX_CLIPPED_FRACTION, shuffle_buffer: int = 500,
                  max_batch_size: int | None = None, tokenizer_identity: dict | None = None,
                  demo: dict | None = None, conditions: Any = None, cond_seed: int = 0,
                  demo_split: str = "train", max_train_shards: int | None = None,
@@ -118,6 +122,7 @@ class ShardDataModule(L.LightningDataModule):
             shards, mode=mode, max_tokens=h.max_tokens if mode == "train" else (h.val_max_tokens or h.max_tokens),
             fields=tuple(h.fields), num_workers=h.num_workers if mode == "train" else h.val_num_workers,
             seed=seed, tokenizer_identity=self.tokenizer_identity, min_dur=h.min_dur, max_dur=h.max_dur,
+            min_std=h.min_std, max_clipped_fraction=h.max_clipped_fraction,
             shuffle_buffer=h.shuffle_buffer, max_batch_size=h.max_batch_size, batch_stage=self.condition_stage,
             packed=packed,
             rank=trainer.global_rank if trainer else None, world_size=trainer.world_size if trainer else None)

@@ -98,6 +98,11 @@ def test_the_loader_counts_the_same_reasons(tmp_path):
     loader = build_loader(shard, mode="val", max_tokens=2000, num_workers=0, fields=("wav16",))
     assert sorted(i for b in loader for i in b["id"]) == sorted(GOOD)
     assert loader.skips.as_dict() == counts(EXPECTED)
+    # the audio check's limits are the loader's to set: nothing counts as clipped at 1.0
+    loader = build_loader(shard, mode="val", max_tokens=2000, num_workers=0, fields=("wav16",), max_clipped_fraction=1.0)
+    assert sorted(i for b in loader for i in b["id"]) == sorted([*GOOD, "clipped_flat"])
+    unclipped = {k: v for k, v in EXPECTED.items() if k != "clipped_flat"}
+    assert loader.skips.as_dict() == counts({**unclipped, "minus_one_int16": "constant_audio"})  # -1.0 everywhere: DC
 
 
 def test_stats_uses_only_the_good_samples(tmp_path, kmeans, caplog):
@@ -127,6 +132,12 @@ def test_cli_tokenize_and_stats_print_the_counts_and_take_the_duration_limits(tm
     del want["long600"]  # within --max-dur 700: its json passes, its 2 s of audio then contradict the 600 s
     want["long600"] = "duration_mismatch"
     assert f"skipped: {json.dumps(counts(want))}" in out
+    assert main(["tokenize", shard, str(tmp_path / "tok2"), "--tokenizer", spec, "--max-clipped-fraction", "1",
+                 "--min-std", "0.3"]) == 0  # nothing counts as clipped; the good tones vary by ~0.15: "constant"
+    out = capsys.readouterr().out
+    loose = {**{k: v for k, v in EXPECTED.items() if k != "clipped_flat"}, "minus_one_int16": "constant_audio",
+             **{k: "constant_audio" for k in (*GOOD, "mismatch")}}  # the audio check comes before the length check
+    assert f"skipped: {json.dumps(counts(loose))}" in out and keys(tmp_path / "tok2" / "bad.tar") == ["clipped_flat"]
     assert main(["stats", shard, str(tmp_path / "st.safetensors"), "--features", spec, "--min-dur", "1.8"]) == 0
     out = capsys.readouterr().out
     # good0 (1.5 s) is now too short, and so are the 1 s bad-audio samples, before their audio is decoded
@@ -148,6 +159,10 @@ def test_prepare_counts_each_bad_file_by_name(tmp_path, caplog):
         assert any(f"({reason}) {path}:" in r.getMessage() for r in caplog.records), name
     written = [s for p in (tmp_path / "out").glob("*.tar") for s in iter_tar(str(p))]
     assert sorted(json.loads(s["json"])["id"] for s in written) == ["good0", "good1", "good2"]
+    assert main(["prepare", str(src), str(tmp_path / "loose"), "--max-clipped-fraction", "1"]) == 0
+    loose = json.loads((tmp_path / "loose" / "prepare.json").read_text())
+    assert loose["samples"] == 4 and loose["skipped"] == counts({**{k: v for k, v in want.items() if k != "clipped_flat"},
+                                                                 "minus_one_int16": "constant_audio"})
 
 
 def test_good_samples_pass_everything_untouched(tmp_path, kmeans):
