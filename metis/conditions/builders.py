@@ -195,6 +195,15 @@ class ConditionBuilder:
     def reset(self, split: str) -> None:
         return None
 
+    def banks(self) -> list:
+        """The noise / RIR banks the simulation draws files from (their `skips` count refused files)."""
+        return []
+
+
+def _banks(simulator: Any) -> list:
+    """A simulator's banks (`SEDegrader.banks`, `TSEMixer.banks`); none for one that has no such method."""
+    return list(getattr(simulator, "banks", list)())
+
 
 class ConditionStage:
     """The condition simulation as a stage of the loader pipeline, run in the DataLoader workers:
@@ -205,6 +214,8 @@ class ConditionStage:
     number of batches that slot had emitted when its stream (re)started (set in the worker from the
     slot's saved position, metis/data/resume.py), so a resumed run draws exactly the conditions of the
     uninterrupted run; for validation start is 0, so every evaluation sees the same conditions.
+    Bank files refused by the audio check while simulating a batch are added to its `skipped`
+    counts (`noise_<reason>`, `rir_<reason>`), so the trainer logs them with the loader's skips.
 
     Args:
         builder: a ConditionBuilder (`configs/task/<name>.yaml`'s `data.conditions`).
@@ -221,7 +232,12 @@ class ConditionStage:
         start = self.start if split == "train" else 0
         for i, batch in enumerate(batches, start=start):
             seed = random.Random(f"{self.seed}/{split}/{pass_key}/{i}").getrandbits(63)
-            yield {**batch, "task_inputs": self.builder.simulate(batch, torch.Generator().manual_seed(seed), split)}
+            inputs = self.builder.simulate(batch, torch.Generator().manual_seed(seed), split)
+            skipped = dict(batch.get("skipped") or {})
+            for bank in self.builder.banks():
+                for reason, n in bank.skips.delta().items():
+                    skipped[reason] = skipped.get(reason, 0) + n
+            yield {**batch, "skipped": skipped, "task_inputs": inputs}
 
 
 # --------------------------------------------------------------------------------------------- SE
@@ -243,6 +259,9 @@ class SEConditions(ConditionBuilder):
     def __init__(self, degrader: Any, task: str = "se"):
         self.degrader = degrader
         self.task = task
+
+    def banks(self) -> list:
+        return _banks(self.degrader)
 
     def simulate(self, batch, generator, split="train", extractor=None):
         utts = utterances(batch, extractor)
@@ -374,6 +393,9 @@ class TSEConditions(PromptedConditions):
     def __init__(self, mixer: Any, **kwargs):
         super().__init__(**kwargs)
         self.mixer = mixer
+
+    def banks(self) -> list:
+        return _banks(self.mixer)
 
     def source(self, target, utts, generator, split):
         pool = [(o.key, o.wav) for o in utts if o.speaker != target.speaker]
@@ -553,6 +575,9 @@ class OmniConditions(ConditionBuilder):
     def reset(self, split: str) -> None:
         for b in self.tasks.values():
             b.reset(split)
+
+    def banks(self) -> list:
+        return [bank for b in self.tasks.values() for bank in b.banks()]
 
     def simulate(self, batch, generator, split="train", extractor=None):
         name = self.names[int(torch.multinomial(self.weights, 1, generator=generator))]

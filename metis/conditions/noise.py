@@ -64,7 +64,7 @@ class NoiseBank:
         if kind not in ("files", "shards", "coloured", "babble"):
             raise ValueError(f"NoiseBank: unknown kind {kind!r}")
         self.kind, self.sample_rate, self.name = kind, int(sample_rate), name
-        self.skips = SkipCounter()  # bad files' windows left out, by reason (warned with the file)
+        self.skips = SkipCounter()  # bad files' windows left out, by noise_<reason> (warned with the file)
         self.sources = list(sources)
         self.shards = list(shards)
         self._shard_index: dict[str, list[MemberSource]] = {}
@@ -186,7 +186,7 @@ class NoiseBank:
             except AudioError as exn:
                 last = str(exn)
                 if exn.reason != "silent_audio":  # a silent window of a good file is no fault of the file
-                    self.skips.skip(exn.reason, name, last.removeprefix(f"{name}: "))
+                    self.skips.skip(f"noise_{exn.reason}", name, last.removeprefix(f"{name}: "))
                 continue
             if power(seg) >= SILENCE_POWER:
                 seg, _ = random_fit(seg, n, generator)

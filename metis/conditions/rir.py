@@ -106,7 +106,7 @@ class RIRBank:
         self.name = name
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._bad: dict[str, AudioError] = {}  # files refused once are not decoded again
-        self.skips = SkipCounter()  # draws of bad files left out, by reason (warned with the file)
+        self.skips = SkipCounter()  # draws of bad files left out, by rir_<reason> (warned with the file)
 
     @classmethod
     def from_folder(cls, path: str | os.PathLike, sample_rate: int = 16000) -> "RIRBank":
@@ -142,7 +142,7 @@ class RIRBank:
                 return self._load(path), {"rir": "file", "rir_file": path}
             except AudioError as exn:
                 last = str(exn)
-                self.skips.skip(exn.reason, path, last.removeprefix(f"{path}: "))
+                self.skips.skip(f"rir_{exn.reason}", path, last.removeprefix(f"{path}: "))
         raise AudioError(f"RIRBank {self.name}: {self.MAX_TRIES} unusable RIR files in a row (last: {last})")
 
     def _load(self, path: str) -> torch.Tensor:

@@ -65,6 +65,10 @@ class SEDegrader:
         self.n_talkers = n_talkers
         self._coloured = NoiseBank.coloured(sample_rate=self.sample_rate)
 
+    def banks(self) -> list:
+        """The file banks drawn from (their `skips` count the files the audio check refused)."""
+        return [b for b in (self.noise, self.rirs) if b is not None]
+
     def __call__(self, clean: torch.Tensor, generator: torch.Generator,
                  others: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
         """clean (n,) -> (degraded (n,), info).

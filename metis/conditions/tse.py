@@ -30,6 +30,10 @@ class TSEMixer:
             raise ValueError(f"noise bank is at {noise.sample_rate} Hz, the mixer at {self.sample_rate} Hz")
         self.noise = noise if noise is not None else NoiseBank.coloured(sample_rate=self.sample_rate)
 
+    def banks(self) -> list:
+        """The background noise bank (its `skips` count the files the audio check refused)."""
+        return [self.noise]
+
     def __call__(self, target: torch.Tensor, interferer: torch.Tensor | Sequence[torch.Tensor],
                  generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         """target (n,), interferer (m,) (or a list of them) -> (mixture (n,), info).

@@ -109,10 +109,8 @@ def test_bad_noise_files_are_never_mixed_in_and_are_counted(tmp_path):
     bank = NoiseBank.from_folder(tmp_path, sample_rate=SR)
     infos = [bank.draw(800, gen(i))[1] for i in range(30)]
     assert {i["noise_file"] for i in infos} <= good
-    want = {}
-    for _, reason in bad.values():
-        want[reason] = want.get(reason, 0) + 1
-    assert set(bank.skips.totals) == set(want) and bank.skips.total >= len(bad)
+    assert set(bank.skips.totals) == {f"noise_{reason}" for _, reason in bad.values()}
+    assert bank.skips.total >= len(bad)
     again = NoiseBank.from_folder(tmp_path, sample_rate=SR)  # a fresh bank: same draws for the same seed
     assert torch.equal(again.sample(800, gen(29)), bank.sample(800, gen(29)))
     only_bad = NoiseBank.from_folder(tmp_path / "bad", sample_rate=SR)
@@ -146,3 +144,31 @@ def test_babble_bank_and_coloured_bank():
     assert not torch.equal(bank.sample(SR, gen(5)), bank.sample(SR, gen(6)))
     colours = {NoiseBank.coloured().draw(100, gen(s))[1]["noise_colour"] for s in range(20)}
     assert colours == {"white", "pink", "brown"}
+
+
+def test_the_condition_stage_ships_the_banks_refusals_with_the_batch_skips(tmp_path):
+    """SE fine-tuning conditions drawn in the loader workers: the refused bank files reach the trainer
+    in `batch["skipped"]` (as noise_<reason> / rir_<reason>, beside the loader's own counts)."""
+    from metis.conditions import RIRBank, SEDegrader, simulate_rir
+    from metis.conditions.builders import ConditionStage, SEConditions
+    from tests.bad_audio import write_bad_wavs
+
+    write_bad_wavs(tmp_path / "noise", seconds=0.5, sr=SR, names=("minus_one_int16", "dc"))
+    write_bad_wavs(tmp_path / "rirs", seconds=0.2, sr=SR, names=("all_nan",))
+    for i in range(4):
+        write_wav(tmp_path / "noise" / f"good{i}.wav", speechlike(1.0, seed=i), SR)
+        write_wav(tmp_path / "rirs" / f"room{i}.wav", simulate_rir(0.3, gen(i), SR).numpy() * 0.5, SR)
+    noise, rirs = NoiseBank.from_folder(tmp_path / "noise", SR), RIRBank.from_folder(tmp_path / "rirs", SR)
+    stage = ConditionStage(SEConditions(SEDegrader(noise=noise, rirs=rirs, p_reverb=1.0, p_clip=0.0, p_bandlimit=0.0)))
+    wav = torch.stack([speechlike(0.5, seed=10 + i) for i in range(3)])
+    batch = {"wav16": wav, "wav16_lens": torch.full((3,), wav.shape[1]), "sem": torch.zeros(3, 25, dtype=torch.long),
+             "sem_lens": torch.full((3,), 25), "skipped": {"too_long": 1}}
+    out = list(stage(iter([batch] * 12), "train", "0/0"))
+    shipped: dict[str, int] = {}
+    for b in out:
+        assert "task_inputs" in b
+        for k, v in b["skipped"].items():
+            shipped[k] = shipped.get(k, 0) + v
+    assert shipped.pop("too_long") == 12  # the loader's counts pass through
+    assert shipped == {**noise.skips.as_dict(), **rirs.skips.as_dict()}
+    assert {k.split("_", 1)[0] for k in shipped} == {"noise", "rir"}  # both banks met their bad files

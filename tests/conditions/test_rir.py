@@ -85,5 +85,5 @@ def test_bad_rir_files_are_skipped_and_counted(tmp_path):
     bank = RIRBank.from_folder(tmp_path, sample_rate=SR)
     infos = [bank.draw(gen(i))[1] for i in range(60)]
     assert {i["rir_file"] for i in infos} <= rooms
-    assert set(bank.skips.totals) == {"clipped_audio", "constant_audio", "nan_audio"}
+    assert set(bank.skips.totals) == {"rir_clipped_audio", "rir_constant_audio", "rir_nan_audio"}
     assert bank.skips.total >= len(bad)
