@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", parents=[common], help="build the offline demo corpus (asterisk prompts + espeak-ng)")
     d.add_argument("--out-dir", default="data/demo")
     d.add_argument("--n-prompts", type=int, default=None)
-    d.add_argument("--n-synth", type=int, default=300, help="espeak-ng utterances of the pre-training voices")
+    d.add_argument("--n-synth", type=int, default=None, help="espeak-ng utterances of the pre-training voices (default: DemoConfig's)")
     d.add_argument("--clusters", type=int, default=512)
     d.add_argument("--max-fit-frames", type=int, default=50_000)
     d.add_argument("--seed", type=int, default=0)
@@ -127,8 +127,8 @@ def _run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     elif args.cmd == "demo":
         from metis.data.demo import DemoConfig, build_demo
 
-        cfg = DemoConfig(out_dir=args.out_dir, n_prompts=args.n_prompts, n_synth=args.n_synth,
-                         n_clusters=args.clusters, max_fit_frames=args.max_fit_frames, seed=args.seed)
+        cfg = DemoConfig(out_dir=args.out_dir, n_prompts=args.n_prompts,
+                         n_synth=DemoConfig.n_synth if args.n_synth is None else args.n_synth, n_clusters=args.clusters, max_fit_frames=args.max_fit_frames, seed=args.seed)
         _summary("demo", build_demo(cfg))
     return 0
 
