@@ -209,7 +209,8 @@ class _CapturedPass:
         return self.out.clone()  # the next replay overwrites self.out
 
 
-_GRAPHS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+# estimator -> (address of its first weight when captured, {shape key: captured pass})
+_GRAPHS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, dict]]" = weakref.WeakKeyDictionary()
 
 
 def static_pass(estimator, x: torch.Tensor, t: torch.Tensor, x_mask: torch.Tensor, cuda_graphs: bool) -> torch.Tensor:
@@ -226,8 +227,12 @@ def static_pass(estimator, x: torch.Tensor, t: torch.Tensor, x_mask: torch.Tenso
 
     if not (cuda_graphs and x.is_cuda):
         return run(x, t, keys)
+    # a graph reads the weights at their addresses: a model moved or re-allocated since gets new graphs
+    weights = next(estimator.parameters()).data_ptr()
+    if estimator not in _GRAPHS or _GRAPHS[estimator][0] != weights:
+        _GRAPHS[estimator] = (weights, {})
+    graphs = _GRAPHS[estimator][1]
     key = (tuple(x.shape), x.dtype, torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
-    graphs = _GRAPHS.setdefault(estimator, {})
     if key not in graphs:
         graphs[key] = _CapturedPass(run, (x, t, keys))
     return graphs[key](x, t, keys)
