@@ -11,6 +11,7 @@
 #   4. python train.py experiment=demo_s2a_1layer / demo_s2a_full    S2A on k-means + codec tokens
 #   5. python finetune.py experiment=demo_se / demo_tse / demo_plc / demo_tts / demo_vc / demo_l2s    stage-1 fine-tunes
 #   6. python infer.py pipeline=demo task=...          24 kHz wavs in demo_audio/ (every task, then one manifest of all)
+#   7. python -m metis.eval                            DNSMOS / Whisper-tiny WER of the outputs (demo_audio/eval/)
 # l2s has no lip video offline: its "visual" stream is a stand-in computed from speech (25 fps log-mel,
 # python -m metis.conditions.visual; NOT lip features -- the real task needs AV-HuBERT-style features).
 # Optional: python train.py experiment=demo_semantic_codec (RepCodec on the demo's features).
@@ -26,25 +27,31 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} MKL_NUM_THREADS=${MKL_NUM_THREADS:-
 
 step() { echo; echo "== $*"; }
 
-step "1/6 demo corpus + stage-1 pre-training"
+step "1/7 demo corpus + stage-1 pre-training"
 [ -f outputs/demo/export/model.safetensors ] || "$PY" train.py
 
-step "2/6 acoustic codec"
+step "2/7 acoustic codec"
 [ -f outputs/demo_codec/export/acoustic_codec/model_1.safetensors ] && [ -z "${CODEC_STEPS:-}" ] ||
   "$PY" train.py experiment=demo_acoustic_codec ${CODEC_STEPS:+trainer.max_steps=$CODEC_STEPS}
 
-step "3/6 acoustic tokens of the demo corpus"
+step "3/7 acoustic tokens of the demo corpus"
+# (re)made whenever the codec export is newer than them: S2A must learn the tokens its decoder reads
+CODEC=outputs/demo_codec/export/acoustic_codec/model_1.safetensors
 for split in train val; do
+  [ "data/demo/tokens_ac/$split.done" -nt "$CODEC" ] && continue
+  rm -rf "data/demo/tokens_ac/$split"
   "$PY" -m metis.data tokenize "data/demo/shards/$split" "data/demo/tokens_ac/$split" \
     --tokenizer kmeans:data/demo/tokenizer \
-    --acoustic 'metis.tokenizers.acoustic:AcousticTokenizer.from_export:outputs/demo_codec/export'
+    --acoustic '{"_target_": "metis.tokenizers.acoustic.AcousticTokenizer.from_export", "path": "outputs/demo_codec/export"}'
+  touch "data/demo/tokens_ac/$split.done"
 done
 
-step "4/6 S2A (layer 0, then layers 1-11)"
-[ -f outputs/demo_s2a_1layer/export/model.safetensors ] || "$PY" train.py experiment=demo_s2a_1layer
-[ -f outputs/demo_s2a_full/export/model.safetensors ] || "$PY" train.py experiment=demo_s2a_full
+step "4/7 S2A (layer 0, then layers 1-11), retrained from scratch when the tokens are newer"
+for s2a in demo_s2a_1layer demo_s2a_full; do
+  [ "outputs/$s2a/export/model.safetensors" -nt data/demo/tokens_ac/train.done ] || "$PY" train.py experiment=$s2a ckpt_path=null
+done
 
-step "5/6 stage-1 fine-tunes"
+step "5/7 stage-1 fine-tunes"
 [ -f outputs/demo_se/export/model.safetensors ] || "$PY" finetune.py experiment=demo_se
 [ -f outputs/demo_tse/export/model.safetensors ] || "$PY" finetune.py experiment=demo_tse
 [ -f outputs/demo_plc/export/model.safetensors ] || "$PY" finetune.py experiment=demo_plc
@@ -52,7 +59,7 @@ step "5/6 stage-1 fine-tunes"
 [ -f outputs/demo_vc/export/model.safetensors ] || "$PY" finetune.py experiment=demo_vc
 [ -f outputs/demo_l2s/export/model.safetensors ] || "$PY" finetune.py experiment=demo_l2s
 
-step "6/6 inference with pipeline=demo"
+step "6/7 inference with pipeline=demo"
 mkdir -p "$OUT"
 LIBRI="$AUDIO/libritts_5142_33396_000002_000004"   # real speech with its transcript beside it
 "$PY" infer.py pipeline=demo task=se input="$AUDIO/metis_se_noise.wav" output="$OUT/se.wav"
@@ -80,4 +87,20 @@ lines = [json.dumps({**{k: str(v) for k, v in r.items()}, "output": f"{r['task']
 (out / "requests.jsonl").write_text("\n".join(lines) + "\n")
 PY
 "$PY" infer.py pipeline=demo manifest="$OUT/requests.jsonl" output_dir="$OUT/manifest"
-echo; echo "done: listen to $OUT/*.wav (24 kHz)"
+
+step "7/7 quality of the chain's outputs (python -m metis.eval: DNSMOS of every output and of each audio input, WER where there is a transcript)"
+"$PY" - "$AUDIO" "$OUT" <<'PY'
+import json, pathlib, sys
+audio, out = (pathlib.Path(p).resolve() for p in sys.argv[1:])
+text = lambda stem: (audio / f"{stem}.txt").read_text().strip()
+rows = [dict(subset="se", input=audio / "metis_se_noise.wav"),
+        dict(subset="tse", input=audio / "metis_tse_mix.wav"),
+        dict(subset="plc", input=audio / "libritts_260_123440_000010_000004.wav", text=text("libritts_260_123440_000010_000004")),
+        dict(subset="vc", input=audio / "metis_vc_source.wav"),
+        dict(subset="tts", text=text("libritts_5142_33396_000002_000004")),
+        dict(subset="l2s", text=text("libritts_5142_33396_000002_000004"))]  # the clip its stand-in stream came from
+lines = [json.dumps({"id": r["subset"], "wav": str(out / f"{r['subset']}.wav"), **{k: str(v) for k, v in r.items()}}) for r in rows]
+(out / "eval_manifest.jsonl").write_text("\n".join(lines) + "\n")
+PY
+"$PY" -m metis.eval --task se --manifest "$OUT/eval_manifest.jsonl" --metrics dnsmos,wer --out "$OUT/eval"
+echo; echo "done: listen to $OUT/*.wav (24 kHz); scores in $OUT/eval/results.md"
