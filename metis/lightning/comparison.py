@@ -57,6 +57,8 @@ def arm_configs(cfg: DictConfig) -> dict[str, DictConfig]:
                 c.model.init = "scratch"
                 if cmp.get("scratch_lr") is not None:
                     c.model.optimizer.lr = float(cmp.scratch_lr)
+                if cmp.get("scratch_warmup_steps") is not None:
+                    c.model.scheduler.warmup_steps = int(cmp.scratch_warmup_steps)
                 factor = int(cmp.get("scratch_steps_factor", 1))
                 c.trainer.max_steps = int(cfg.trainer.max_steps) * factor
                 if cmp.get("scratch_patience"):

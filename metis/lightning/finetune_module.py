@@ -86,6 +86,10 @@ class FinetuneModule(MaskedGenerativeModule):
             "kmeans:data/demo/tokenizer"); loaded in `setup` on the training device. None for tasks
             whose conditions need no audio features (tts, l2s).
         adapter_init: a published adapter file to start the adapter from (default: new, zero gate).
+        new_module_lr_scale: the modules the fine-tune adds (the adapter, the phone modules) train at this
+            multiple of the optimizer's lr (1: the released recipes). A fresh zero-gate adapter on a trained
+            base gets a gradient only through its gate; in a short run at the base's lr the gate stays
+            near 0 and the condition unused (docs/finetune.md, "The demo fine-tunes").
         cond_seed: seed of the simulation done here (per step: seed, step and rank).
         optimizer, scheduler, weight_decay_embeddings, val_seed, kwargs: as MaskedGenerativeModule.
     """
@@ -93,7 +97,8 @@ class FinetuneModule(MaskedGenerativeModule):
     def __init__(self, net: nn.Module, conditioner: ConditionBuilder | None, optimizer: Callable, task: str,
                  init: str | None = "scratch", peft: Mapping | None = None, features: str | None = None,
                  adapter_init: str | None = None, cond_seed: int = 0, scheduler: Callable | None = None,
-                 weight_decay_embeddings: bool = False, val_seed: int = 1234, **kwargs):
+                 weight_decay_embeddings: bool = False, val_seed: int = 1234, new_module_lr_scale: float = 1.0,
+                 **kwargs):
         # The base saves this frame's arguments as hparams, which must be plain values (the checkpoint
         # loads with weights_only=True): the conditioner object is held aside, peft made a dict.
         builder, conditioner = conditioner, None
@@ -114,6 +119,7 @@ class FinetuneModule(MaskedGenerativeModule):
         self.init_info = {"init": str(init), "file": None, "new": []} if is_meta else load_init(net, init)
         if adapter_init:
             load_adapter_file(net, adapter_init)
+        self._new_modules = new_modules(net)
         if method == "lora":
             r = int(peft.get("r", 32))
             net = wrap_lora(net, r=r, alpha=peft.get("alpha"), dropout=float(peft.get("dropout", 0.01)),
@@ -124,6 +130,13 @@ class FinetuneModule(MaskedGenerativeModule):
         self.summary, self.n_trainable, self.n_total = describe_trainable(net)
         self._base_sha256: str | None = None
         self._val_index = 0
+
+    def lr_scale(self, name: str) -> float:
+        """`new_module_lr_scale` for the parameters of the added modules (LoRA prefixes its names)."""
+        dotted = f".{name}"
+        if any(f".{m}." in dotted for m in self._new_modules):
+            return float(self.hparams.new_module_lr_scale)
+        return 1.0
 
     @property
     def is_lora(self) -> bool:

@@ -166,19 +166,26 @@ class MaskedGenerativeModule(L.LightningModule):
         return tokens.long(), mask
 
     # ---- optimisation --------------------------------------------------------------------------
+    def lr_scale(self, name: str) -> float:
+        """The multiple of the optimizer's lr that the net's parameter `name` trains at (1 here)."""
+        return 1.0
+
     def configure_optimizers(self):
-        decay, no_decay = [], []
+        factory, chosen = self.optimizer_factory, getattr(self.optimizer_factory, "keywords", {}) or {}
+        groups: dict[tuple[bool, float], list] = {}
         for name, p in self.net.named_parameters():
             if not p.requires_grad:
                 continue
             is_embedding = any(part.endswith("emb") for part in name.split("."))
             wants_decay = p.dim() >= 2 and (not is_embedding or self.hparams.weight_decay_embeddings)
-            (decay if wants_decay else no_decay).append(p)
-        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-        factory, chosen = self.optimizer_factory, getattr(self.optimizer_factory, "keywords", {}) or {}
+            groups.setdefault((wants_decay, self.lr_scale(name)), []).append(p)
+        lr = chosen.get("lr")
+        groups = [{"params": params, **({} if decay else {"weight_decay": 0.0}),
+                   **({} if scale == 1.0 or lr is None else {"lr": float(lr) * scale})}
+                  for (decay, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
         fused = (self.hparams.get("fused_optimizer", True) and self.device.type == "cuda" and "fused" not in chosen
                  and "foreach" not in chosen and getattr(factory, "func", None) in (torch.optim.Adam, torch.optim.AdamW))
-        optimizer = factory(params=[g for g in groups if g["params"]], **({"fused": True} if fused else {}))
+        optimizer = factory(params=groups, **({"fused": True} if fused else {}))
         optimizer = optimizer_for_strategy(optimizer, self._trainer)  # ZeRO-Offload needs DeepSpeed's CPU Adam
         if self.scheduler_factory is None:
             return optimizer

@@ -120,6 +120,24 @@ def test_full_finetune_trains_everything(tiny_cfg, tok, base_file):
     assert module.n_trainable == module.n_total and module.summary.startswith("full fine-tune")
 
 
+@pytest.mark.parametrize("peft", ["peft=full", "peft=lora"])
+def test_new_modules_train_at_their_lr_scale(tiny_cfg, base_file, peft):
+    cfg = tiny_cfg("task=se", f"init={base_file}", peft, "model.new_module_lr_scale=10")
+    module = instantiate(cfg.model)
+    opt = module.configure_optimizers()["optimizer"]
+    lr = float(cfg.model.optimizer.lr)
+    ids = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    names = dict(module.net.named_parameters())
+    adapter = [n for n, p in names.items() if p.requires_grad and ".cond_adapter." in f".{n}"]
+    rest = [n for n, p in names.items() if p.requires_grad and n not in adapter]
+    assert adapter and rest
+    assert all(ids[id(names[n])] == pytest.approx(10 * lr) for n in adapter)
+    assert all(ids[id(names[n])] == pytest.approx(lr) for n in rest)
+    # without the option every parameter trains at the optimizer's lr, in the two weight-decay groups
+    plain = instantiate(tiny_cfg("task=se", f"init={base_file}", peft).model).configure_optimizers()["optimizer"]
+    assert len(plain.param_groups) == 2 and all(g["lr"] == pytest.approx(lr) for g in plain.param_groups)
+
+
 def test_init_loads_base_strictly_and_keeps_new_modules_fresh(base_file):
     net = MetisStage1(ft_type="se", cond_dim=160, **TINY_NET)
     info = load_init(net, base_file)

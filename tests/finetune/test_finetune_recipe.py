@@ -87,3 +87,16 @@ def test_compare_scratch_writes_the_comparison(tiny_cfg, tmp_path, capsys):
     assert doc["arms"]["pretrained_lora"]["total_frames"] is None  # this base records no pre-training frames
     printed = capsys.readouterr().out
     assert out["table"] in printed and "baseline copy_nearest" in printed
+
+def test_comparison_arms_take_their_optimizer_settings(tiny_cfg, tmp_path):
+    from metis.lightning.comparison import arm_configs
+
+    cfg = tiny_cfg(*SE, f"init={tmp_path / 'base.safetensors'}", "trainer.max_steps=5", "compare.scratch_steps_factor=3",
+                   "compare.scratch_lr=2e-3", "compare.scratch_warmup_steps=7", "compare.full_lr=5e-4")
+    arms = arm_configs(cfg)
+    lr, warmup = float(cfg.model.optimizer.lr), int(cfg.model.scheduler.warmup_steps)
+    assert (arms["pretrained_lora"].model.optimizer.lr, arms["pretrained_lora"].model.scheduler.warmup_steps) == (lr, warmup)
+    assert arms["pretrained_full"].model.optimizer.lr == 5e-4 and arms["pretrained_full"].peft.method == "full"
+    scratch = arms["scratch"]
+    assert scratch.init == "scratch" and scratch.trainer.max_steps == 15
+    assert (scratch.model.optimizer.lr, scratch.model.scheduler.warmup_steps) == (2e-3, 7)
