@@ -211,6 +211,18 @@ def test_codec_experiments_compose_and_resolve(tmp_path):
         assert cfg.callbacks.export._target_ == "metis.lightning.callbacks.ExportPublished"
 
 
+def test_demo_codec_reads_the_corpus_the_default_demo_builds(tmp_path):
+    """data=demo_audio_crops builds (or reuses) the corpus of data=demo: any other setting fails with
+    'built with another configuration' once `python train.py` has built it."""
+    from metis.data.demo import DemoConfig
+
+    def demo(overrides):
+        cfg = compose_train(overrides, root=tmp_path)
+        return DemoConfig(**OmegaConf.to_container(cfg.data.demo, resolve=True))
+
+    assert demo(["experiment=demo_acoustic_codec"]) == demo([])
+
+
 def test_demo_s2a_experiments_read_the_codec_token_shards(tmp_path):
     for name, nq in (("demo_s2a_1layer", 1), ("demo_s2a_full", 12)):
         cfg = compose_train([f"experiment={name}"], root=tmp_path)
