@@ -58,3 +58,11 @@ def test_hydra_job_user_error_is_one_line_unless_hydra_full_error(tmp_path, scri
     one_error_line(proc, f"metis {script.removesuffix('.py')}", "ckpt_path=last", "nothing to resume")
     full = run(*args, HYDRA_FULL_ERROR="1")
     assert full.returncode != 0 and "Traceback" in full.stderr
+
+
+def test_stand_in_visual_stream_of_a_file_that_is_not_audio(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not audio\n")
+    proc = run("-m", "metis.conditions.visual", str(text), str(tmp_path / "vis.npy"))
+    one_error_line(proc, "python -m metis.conditions.visual", str(text), "cannot read audio")
+    assert not (tmp_path / "vis.npy").exists()

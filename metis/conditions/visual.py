@@ -11,7 +11,6 @@ speaker's lip video (`load_video_features`). Write one for inference with
 from __future__ import annotations
 
 import argparse
-import io
 import os
 from pathlib import Path
 
@@ -86,16 +85,18 @@ def audio_stand_in(wav16: torch.Tensor, n_mels: int = STAND_IN_DIM) -> torch.Ten
 def main(argv: list[str] | None = None) -> int:
     from metis.atomic import write_bytes
     from metis.audio import load_tensor
+    from metis.cli import user_errors
+    from metis.data.shards import npy_bytes
 
     p = argparse.ArgumentParser(description="Write the offline demo's stand-in visual features (25 fps log-mel of a "
                                 "speech file; NOT lip video) as .npy for infer.py task=l2s video_features=...")
     p.add_argument("speech", help="speech file (any rate; resampled to 16 kHz)")
     p.add_argument("out", help="output .npy, (T_v, %d) float32" % STAND_IN_DIM)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
-    feats = audio_stand_in(load_tensor(args.speech, 16000)).numpy().astype(np.float32)
-    buf = io.BytesIO()
-    np.save(buf, feats, allow_pickle=False)
-    write_bytes(args.out, buf.getvalue())
+    with user_errors("python -m metis.conditions.visual", debug=args.debug):
+        feats = audio_stand_in(load_tensor(args.speech, 16000)).numpy().astype(np.float32)
+        write_bytes(args.out, npy_bytes(feats))
     print(f"{args.out}: {feats.shape[0]} frames x {feats.shape[1]} (stand-in visual stream, 25 fps)")
     return 0
 

@@ -127,8 +127,8 @@ def _run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     elif args.cmd == "demo":
         from metis.data.demo import DemoConfig, build_demo
 
-        cfg = DemoConfig(out_dir=args.out_dir, n_prompts=args.n_prompts,
-                         n_synth=DemoConfig.n_synth if args.n_synth is None else args.n_synth, n_clusters=args.clusters, max_fit_frames=args.max_fit_frames, seed=args.seed)
+        cfg = DemoConfig(out_dir=args.out_dir, n_prompts=args.n_prompts, n_clusters=args.clusters,
+                         max_fit_frames=args.max_fit_frames, seed=args.seed, **_given(args, ("n_synth",)))
         _summary("demo", build_demo(cfg))
     return 0
 
