@@ -58,15 +58,30 @@ def condition_tokens(extractor, wavs: list[torch.Tensor], lengths: list[int]) ->
     return out
 
 
-def shuffled_condition(cond: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def shuffled_condition(cond: torch.Tensor, valid: torch.Tensor,
+                       donor: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The condition of the next row (a derangement for b > 1), its valid frames repeated cyclically
     to this row's valid length: a condition from another utterance with the shape of this one.
 
+    A batch of one row has no other row: it takes `donor`'s first row (the condition and valid mask of
+    another batch), or without a donor its own condition rolled by half its length (misaligned). So
+    every batch is scored, and the ablation averages over the same frames as the model's accuracy.
+
     Args:
-        cond: (b, t, c). valid: (b, t) 1 = valid frame.
+        cond: (b, t, c). valid: (b, t) 1 = valid frame. donor: (cond (b', t', c), valid (b', t')).
     """
     b, t = valid.shape
     lens = valid.reshape(b, t).sum(1).long().clamp(min=1)
+    if b == 1:
+        if donor is not None:
+            src, src_len = donor[0][:1].to(cond), donor[1][:1].sum().long().clamp(min=1)
+        else:
+            half, n = int(lens[0]) // 2, int(lens[0])
+            src, src_len = torch.cat([cond[:, half:n], cond[:, :half]], dim=1), lens[0]
+        out = torch.zeros_like(cond)
+        idx = torch.arange(int(lens[0]), device=cond.device) % int(src_len)
+        out[0, : int(lens[0])] = src[0, idx]
+        return out
     out = torch.zeros_like(cond)
     for i in range(b):
         j = (i + 1) % b

@@ -55,6 +55,7 @@ def arm_configs(cfg: DictConfig) -> dict[str, DictConfig]:
             if init == "scratch":
                 c.init = "scratch"
                 c.model.init = "scratch"
+                c.model.new_module_lr_scale = 1.0  # from scratch no module is new: one lr for all, as pre-training
                 if cmp.get("scratch_lr") is not None:
                     c.model.optimizer.lr = float(cmp.scratch_lr)
                 if cmp.get("scratch_warmup_steps") is not None:

@@ -130,6 +130,7 @@ class FinetuneModule(MaskedGenerativeModule):
         self.summary, self.n_trainable, self.n_total = describe_trainable(net)
         self._base_sha256: str | None = None
         self._val_index = 0
+        self._ablation_donor: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def lr_scale(self, name: str) -> float:
         """`new_module_lr_scale` for the parameters of the added modules (LoRA prefixes its names)."""
@@ -228,10 +229,13 @@ class FinetuneModule(MaskedGenerativeModule):
     def condition_ablation(self, inputs: TaskInputs, batch_idx: int) -> None:
         """Score the batch again, on the same masks, with the condition of another utterance of the batch
         (`val/acc_top1_cond_shuffled`) and with a zero condition (`val/acc_top1_cond_zero`): a model
-        that uses its condition loses accuracy on both."""
-        if inputs.finetune_cond is None or inputs.x0.shape[0] < 2:
+        that uses its condition loses accuracy on both. Every batch is scored, a batch of one row with
+        the previous batch's condition (`shuffled_condition`), so both average over the frames
+        `val/acc_top1` does."""
+        if inputs.finetune_cond is None:
             return
-        for name, cond in (("cond_shuffled", shuffled_condition(inputs.finetune_cond, inputs.x_mask)),
+        donor, self._ablation_donor = self._ablation_donor, (inputs.finetune_cond, inputs.x_mask)
+        for name, cond in (("cond_shuffled", shuffled_condition(inputs.finetune_cond, inputs.x_mask, donor)),
                            ("cond_zero", torch.zeros_like(inputs.finetune_cond))):
             with self.val_rng(batch_idx):
                 _, stats = self.step_on(replace(inputs, finetune_cond=cond))
@@ -240,6 +244,7 @@ class FinetuneModule(MaskedGenerativeModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_index = 0
+        self._ablation_donor = None  # every evaluation ablates the same way
         if self.conditioner is not None:
             self.conditioner.reset("val")
 

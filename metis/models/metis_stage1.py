@@ -51,15 +51,34 @@ def per_utterance_prompt_len(lengths: torch.Tensor, cfg_scale: float, max_ratio:
 class SimpleAdapter(nn.Module):
     """Zero-gated feature adapter: a(f) = gate_scale · out_linear(SiLU(in_linear(f))).
 
-    The gate starts at 0 so that adding the adapter to a pretrained model changes nothing until
-    fine-tuning opens it. `gate_scale` is stored with shape [1], as in the published files.
+    A fresh adapter outputs 0, so adding it to a pretrained model changes nothing until fine-tuning
+    trains it. `zero_init` says which factor starts at 0:
+      "gate": gate_scale = 0, the linears at torch's default (the released code). Only the gate gets a
+          gradient at first, and that gradient is the loss's correlation with a random projection of f,
+          so the gate can stay near 0 for hundreds of steps (docs/finetune.md, "Why the adapter ...").
+      "out": gate_scale = 1 and out_linear = 0 (as LoRA's B or ControlNet's zero convolution): out_linear's
+          first gradient is the loss's gradient against the hidden features, so the adapter learns at once.
+    `gate_scale` is stored with shape [1], as in the published files; the keys are the same either way.
     """
 
-    def __init__(self, in_dim: int, out_dim: int):
+    def __init__(self, in_dim: int, out_dim: int, zero_init: str = "gate"):
         super().__init__()
+        if zero_init not in ("gate", "out"):
+            raise ValueError(f"adapter zero_init must be 'gate' or 'out', got {zero_init!r}")
+        self.zero_init = zero_init
         self.in_linear = nn.Linear(in_dim, 4 * out_dim)
         self.out_linear = nn.Linear(4 * out_dim, out_dim)
         self.gate_scale = nn.Parameter(torch.zeros(1))
+        self.zero_start()
+
+    def zero_start(self) -> None:
+        """Set the factor `zero_init` names to 0 (and the gate to 1 for "out"); draws no random numbers."""
+        if self.zero_init == "gate":
+            nn.init.zeros_(self.gate_scale)
+        else:
+            nn.init.ones_(self.gate_scale)
+            nn.init.zeros_(self.out_linear.weight)
+            nn.init.zeros_(self.out_linear.bias)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         """f (b, t, c) -> (b, t, d)."""
@@ -87,6 +106,8 @@ class MetisStage1(nn.Module):
             omni, or a new task's: the task registry `metis.tasks` picks it) builds `cond_adapter`.
         cond_dim: adapter input size c (1024 for w2v-BERT features, 768 for l2s visual features).
         use_zero_gate_adapter: None means True unless ft_type == "l2s", which uses a plain MLP (docs/reference.md Q11).
+        adapter_zero_init: which factor of a fresh zero-gate adapter starts at 0, "gate" (released) or
+            "out" (`SimpleAdapter`); either way a fresh adapter is a no-op.
         phone_vocab_size, phone_pad_id: phone table size and its padding row (zero at init).
         mask_prob_floor: lower bound of the training mask ratio sin(πt/2).
         prompt_max_ratio: training prompt lengths are drawn below int(ratio · T).
@@ -105,7 +126,7 @@ class MetisStage1(nn.Module):
     def __init__(self, hidden_size: int = 1536, num_layers: int = 16, num_heads: int = 16,
                  cond_codebook_size: int = 8192, cfg_scale: float = 0.15, use_phone_cond: bool = False,
                  ft_type: str | None = None, cond_dim: int = 1024, use_zero_gate_adapter: bool | None = None,
-                 phone_vocab_size: int = 1024, phone_pad_id: int = 1023, mask_prob_floor: float = 0.2,
+                 adapter_zero_init: str = "gate", phone_vocab_size: int = 1024, phone_pad_id: int = 1023, mask_prob_floor: float = 0.2,
                  prompt_max_ratio: float = 0.4, gradient_checkpointing: bool = False, norm_init: str = "reference",
                  packing: str = "off"):
         super().__init__()
@@ -130,7 +151,7 @@ class MetisStage1(nn.Module):
         self.cond_adapter = None
         if ft_type not in NO_ADAPTER_FT_TYPES:
             zero_gate = (ft_type != "l2s") if use_zero_gate_adapter is None else use_zero_gate_adapter
-            self.cond_adapter = SimpleAdapter(cond_dim, d) if zero_gate else two_layer_mlp(cond_dim, 4 * d, d)
+            self.cond_adapter = SimpleAdapter(cond_dim, d, adapter_zero_init) if zero_gate else two_layer_mlp(cond_dim, 4 * d, d)
         self.norm_init = norm_init
         self.reset_parameters()
 
@@ -149,8 +170,8 @@ class MetisStage1(nn.Module):
     def reset_parameters(self) -> None:
         """From-scratch init as the reference ends up with (docs/reference.md Q1, Q3): every Linear and Embedding of the
         T2S part N(0, 0.02) with zero biases (adaptive-norm gains included, so they start near 0),
-        the phone padding row zero. The adapter keeps torch's default Linear init; a SimpleAdapter's
-        gate is 0, so a fresh adapter is a no-op on the input."""
+        the phone padding row zero. The adapter keeps torch's default Linear init but for the factor a
+        SimpleAdapter starts at 0 (`adapter_zero_init`), so a fresh adapter is a no-op on the input."""
         for emb in (self.mask_emb, self.cond_emb, self.phone_emb):
             if emb is not None:
                 nn.init.normal_(emb.weight, std=0.02)
@@ -161,7 +182,7 @@ class MetisStage1(nn.Module):
         nn.init.zeros_(self.to_logit.bias)
         self.diff_estimator.reset_parameters(std=0.02, norm_init=self.norm_init)
         if isinstance(self.cond_adapter, SimpleAdapter):
-            nn.init.zeros_(self.cond_adapter.gate_scale)
+            self.cond_adapter.zero_start()
 
     # ---------------------------------------------------------------- inputs
 

@@ -92,7 +92,8 @@ def test_comparison_arms_take_their_optimizer_settings(tiny_cfg, tmp_path):
     from metis.lightning.comparison import arm_configs
 
     cfg = tiny_cfg(*SE, f"init={tmp_path / 'base.safetensors'}", "trainer.max_steps=5", "compare.scratch_steps_factor=3",
-                   "compare.scratch_lr=2e-3", "compare.scratch_warmup_steps=7", "compare.full_lr=5e-4")
+                   "compare.scratch_lr=2e-3", "compare.scratch_warmup_steps=7", "compare.full_lr=5e-4",
+                   "model.new_module_lr_scale=0.3")
     arms = arm_configs(cfg)
     lr, warmup = float(cfg.model.optimizer.lr), int(cfg.model.scheduler.warmup_steps)
     assert (arms["pretrained_lora"].model.optimizer.lr, arms["pretrained_lora"].model.scheduler.warmup_steps) == (lr, warmup)
@@ -100,3 +101,17 @@ def test_comparison_arms_take_their_optimizer_settings(tiny_cfg, tmp_path):
     scratch = arms["scratch"]
     assert scratch.init == "scratch" and scratch.trainer.max_steps == 15
     assert (scratch.model.optimizer.lr, scratch.model.scheduler.warmup_steps) == (2e-3, 7)
+    assert scratch.model.new_module_lr_scale == 1.0 and arms["pretrained_lora"].model.new_module_lr_scale == 0.3
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_condition_ablations_score_the_frames_the_model_is_scored_on(tiny_cfg, tmp_path, batch_size):
+    """Before fine-tuning the adapter is a no-op, so the model, its shuffled and its zero condition must
+    score exactly alike, one-row validation batches included (they take another batch's condition)."""
+    base = _base(tmp_path / "base.safetensors")
+    out = finetune(tiny_cfg(*SE, f"init={base}", "run_name=ablate", "ckpt_path=null", "validate_before=true",
+                            "trainer.max_steps=1", f"data.batch_size={batch_size}", "data.n_val=3",
+                            "trainer.limit_val_batches=3"))
+    before = out["module"].val_records[0]
+    assert before["step"] == 0
+    assert before["val/acc_top1_cond_shuffled"] == before["val/acc_top1"] == before["val/acc_top1_cond_zero"]

@@ -73,6 +73,14 @@ def test_shuffled_condition_comes_from_another_row_with_this_rows_length():
     assert out[1, :, 0].tolist() == [0, 1, 0, 0]
 
 
+def test_a_one_row_batch_takes_the_donor_batch_or_its_own_rolled_condition():
+    cond = torch.arange(5, dtype=torch.float).reshape(1, 5, 1)
+    valid = torch.tensor([[1, 1, 1, 1, 0]])
+    donor = (torch.tensor([[[7.0], [8.0], [0.0]]]), torch.tensor([[1, 1, 0]]))
+    assert shuffled_condition(cond, valid, donor)[0, :, 0].tolist() == [7, 8, 7, 8, 0]
+    assert shuffled_condition(cond, valid)[0, :, 0].tolist() == [2, 3, 0, 1, 0]  # rolled by half its 4 frames
+
+
 class _Codes:
     def encode(self, wavs):
         return [torch.arange(len(w) // 320) for w in wavs]

@@ -178,6 +178,40 @@ def test_zero_gate_adapter_is_noop_at_init():
     assert not torch.allclose(model(x0, x_mask, finetune_cond=cond).logits, without)
 
 
+@pytest.mark.parametrize("zero_init", ["gate", "out"])
+def test_fresh_adapter_is_noop_either_way_and_draws_the_same(zero_init):
+    model = tiny(ft_type="se", adapter_zero_init=zero_init)
+    ref = tiny(ft_type="se")
+    assert model.state_dict().keys() == ref.state_dict().keys()
+    assert torch.equal(model.cond_adapter.in_linear.weight, ref.cond_adapter.in_linear.weight)  # same random draws
+    assert torch.equal(model.cond_emb.weight, ref.cond_emb.weight)
+    cond = torch.randn(2, 12, 8)
+    assert torch.equal(model.adapter(cond), torch.zeros(2, 12, 32))
+    with pytest.raises(ValueError, match="zero_init"):
+        tiny(ft_type="se", adapter_zero_init="none")
+
+
+def adapter_first_grads(zero_init):
+    """Gradients of every adapter tensor after one backward of a fresh adapter on a pretrained-like model."""
+    model = tiny(ft_type="se", adapter_zero_init=zero_init)
+    x0, x_mask = torch.randint(0, V, (2, 12)), torch.ones(2, 12)
+    torch.manual_seed(3)
+    out = model(x0, x_mask, finetune_cond=torch.randn(2, 12, 8))
+    torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), out.x0.flatten()).backward()
+    return {k: p.grad for k, p in model.cond_adapter.named_parameters()}
+
+
+def test_zero_out_adapter_learns_from_the_first_step():
+    """With the released zero gate only the gate gets a gradient at first; with zero_init="out" the
+    output layer does, a gradient over every one of its weights (why demo fine-tunes use it)."""
+    gate = adapter_first_grads("gate")
+    assert gate["gate_scale"].abs().item() > 0
+    assert all(torch.count_nonzero(gate[k]) == 0 for k in ("in_linear.weight", "out_linear.weight", "out_linear.bias"))
+    out = adapter_first_grads("out")
+    assert torch.count_nonzero(out["out_linear.weight"]) == out["out_linear.weight"].numel()
+    assert torch.count_nonzero(out["in_linear.weight"]) == 0  # its gradient flows through the zero out_linear
+
+
 def test_gradient_checkpointing_same_loss_and_grads():
     results = []
     for ckpt in (False, True):
