@@ -9,9 +9,10 @@ adapter, and full) and from random init, the scratch arm trained to its best val
                                           "finetune_set_size": utterances, "seed": seed}
     outputs/<run_name>/learning_curve.png  held-out acc@1 per arm against fine-tuning frames, baselines dashed
 
-Every arm is reported at its best validation (lowest `val/loss`): the scratch arm may train
-`compare.scratch_steps_factor` times the fine-tuning steps and stops after `compare.scratch_patience`
-validations without a better loss, so it is not starved. `finetune_frames` are the valid target frames
+Every arm is reported at its best validation (lowest `val/loss`). Every arm may train
+`compare.steps_factor` times the fine-tuning steps and stops after `compare.patience` validations
+without a better loss, so no arm is starved; the pre-trained and the scratch full arms train with one
+recipe (`compare.full_lr`, `compare.full_warmup_steps`). `finetune_frames` are the valid target frames
 the arm trained on up to that step; `total_frames` adds the frames the base was pre-trained on (the
 `metis.train_frames` its export records).
 """
@@ -32,7 +33,10 @@ ARM_METRICS = ("val/acc_top1", "val/acc_top10", "val/loss", "val/acc_top1_cond_s
 
 def arm_configs(cfg: DictConfig) -> dict[str, DictConfig]:
     """The runs of a comparison: pre-trained with the configured peft, pre-trained full (when the
-    configured peft is LoRA), and scratch (full, early-stopped, up to `scratch_steps_factor` x steps)."""
+    configured peft is LoRA), and scratch (full). Every arm gets the same budget, up to `steps_factor` x
+    trainer.max_steps, early-stopped after `patience` validations without a better val/loss; the two
+    full arms share one recipe (`full_lr`, `full_warmup_steps`, the adapter at the same lr), so they
+    differ only in their init."""
     method = cfg.peft.get("method", "full")
     arms = {f"pretrained_{method}": ("pretrained", method)}
     if method != "full":
@@ -47,25 +51,23 @@ def arm_configs(cfg: DictConfig) -> dict[str, DictConfig]:
             c.run_name = f"{cfg.run_name}_{name}"
             c.validate_before = True
             c.validate_after = True
+            c.trainer.max_steps = int(cfg.trainer.max_steps) * int(cmp.get("steps_factor", 1))
+            if cmp.get("patience"):
+                c.callbacks.early_stopping = {
+                    "_target_": "lightning.pytorch.callbacks.EarlyStopping", "monitor": "val/loss",
+                    "mode": "min", "patience": int(cmp.patience), "check_finite": True}
             if peft != method:
                 c.peft = OmegaConf.merge(c.peft, {"method": peft})
                 c.model.peft = c.peft
-            if peft == "full" and cmp.get("full_lr") is not None:
-                c.model.optimizer.lr = float(cmp.full_lr)
+            if peft == "full":
+                if cmp.get("full_lr") is not None:
+                    c.model.optimizer.lr = float(cmp.full_lr)
+                if cmp.get("full_warmup_steps") is not None:
+                    c.model.scheduler.warmup_steps = int(cmp.full_warmup_steps)
+                c.model.new_module_lr_scale = 1.0  # one lr for every parameter, as scratch (where nothing is new)
             if init == "scratch":
                 c.init = "scratch"
                 c.model.init = "scratch"
-                c.model.new_module_lr_scale = 1.0  # from scratch no module is new: one lr for all, as pre-training
-                if cmp.get("scratch_lr") is not None:
-                    c.model.optimizer.lr = float(cmp.scratch_lr)
-                if cmp.get("scratch_warmup_steps") is not None:
-                    c.model.scheduler.warmup_steps = int(cmp.scratch_warmup_steps)
-                factor = int(cmp.get("scratch_steps_factor", 1))
-                c.trainer.max_steps = int(cfg.trainer.max_steps) * factor
-                if cmp.get("scratch_patience"):
-                    c.callbacks.early_stopping = {
-                        "_target_": "lightning.pytorch.callbacks.EarlyStopping", "monitor": "val/loss",
-                        "mode": "min", "patience": int(cmp.scratch_patience), "check_finite": True}
         OmegaConf.resolve(c)
         out[name] = c
     return out
