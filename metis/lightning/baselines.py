@@ -72,21 +72,17 @@ def shuffled_condition(cond: torch.Tensor, valid: torch.Tensor,
     """
     b, t = valid.shape
     lens = valid.reshape(b, t).sum(1).long().clamp(min=1)
-    if b == 1:
-        if donor is not None:
-            src, src_len = donor[0][:1].to(cond), donor[1][:1].sum().long().clamp(min=1)
-        else:
-            half, n = int(lens[0]) // 2, int(lens[0])
-            src, src_len = torch.cat([cond[:, half:n], cond[:, :half]], dim=1), lens[0]
-        out = torch.zeros_like(cond)
-        idx = torch.arange(int(lens[0]), device=cond.device) % int(src_len)
-        out[0, : int(lens[0])] = src[0, idx]
-        return out
+    if b > 1:
+        sources = [(cond[(i + 1) % b], int(lens[(i + 1) % b])) for i in range(b)]
+    elif donor is not None:
+        sources = [(donor[0][0].to(cond), int(donor[1][0].sum().clamp(min=1)))]
+    else:
+        half, n = int(lens[0]) // 2, int(lens[0])
+        sources = [(torch.cat([cond[0, half:n], cond[0, :half]]), n)]
     out = torch.zeros_like(cond)
-    for i in range(b):
-        j = (i + 1) % b
-        idx = torch.arange(int(lens[i]), device=cond.device) % int(lens[j])
-        out[i, : int(lens[i])] = cond[j, idx]
+    for i, (src, src_len) in enumerate(sources):
+        idx = torch.arange(int(lens[i]), device=cond.device) % src_len
+        out[i, : int(lens[i])] = src[idx]
     return out
 
 
