@@ -67,16 +67,21 @@ def main() -> None:
 
 def print_table(docs: list[dict]) -> None:
     head = (f"{'set':>4} {'seed':>4} {'arm':<16} {'steps':>5} {'best':>5} {'ft frames':>10} {'total frames':>13} "
-            f"{'acc@1':>7} {'loss':>7} {'shuffled':>8} {'zero':>7}")
+            f"{'acc@1':>7} {'loss':>7} {'shuffled':>8} {'zero':>7} | {'min-loss step':>13} {'acc@1':>7} {'loss':>7}")
     print(head)
     print("-" * len(head))
     for doc in docs:
+        sel = doc.get("selected_by", {"monitor": "val/loss", "mode": "min"})
+        print(f"{doc['finetune_set_size']:>4} {doc['seed']:>4} every arm at its {sel['mode']} {sel['monitor']} "
+              "(right: at its lowest val/loss)")
         for name, a in doc["arms"].items():
             total = "?" if a["total_frames"] is None else a["total_frames"]
+            lo = a.get("at_best_val_loss", {})  # older comparisons selected by val/loss and have none
             print(f"{doc['finetune_set_size']:>4} {doc['seed']:>4} {name:<16} {a['steps']:>5} {a['best_step']:>5} "
                   f"{a['finetune_frames']:>10} {total:>13} {a.get('val_acc_top1', float('nan')):>7.4f} "
                   f"{a.get('val_loss', float('nan')):>7.4f} {a.get('val_acc_top1_cond_shuffled', float('nan')):>8.4f} "
-                  f"{a.get('val_acc_top1_cond_zero', float('nan')):>7.4f}")
+                  f"{a.get('val_acc_top1_cond_zero', float('nan')):>7.4f} | {lo.get('best_step', -1):>13} "
+                  f"{lo.get('val_acc_top1', float('nan')):>7.4f} {lo.get('val_loss', float('nan')):>7.4f}")
         wall = f"   ({doc['wall_s']:.0f} s)" if "wall_s" in doc else ""
         print(f"{'':>4} {'':>4} baselines: " + ", ".join(f"{k} {v:.4f}" for k, v in doc["baselines"].items()) + wall)
 

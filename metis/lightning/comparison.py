@@ -9,9 +9,11 @@ adapter, and full) and from random init, the scratch arm trained to its best val
                                           "finetune_set_size": utterances, "seed": seed}
     outputs/<run_name>/learning_curve.png  held-out acc@1 per arm against fine-tuning frames, baselines dashed
 
-Every arm is reported at its best validation (lowest `val/loss`). Every arm may train
-`compare.steps_factor` times the fine-tuning steps and stops after `compare.patience` validations
-without a better loss, so no arm is starved; the pre-trained and the scratch full arms train with one
+Every arm is reported at its best validation by `compare.monitor` (`compare.mode`; the demo presets:
+the highest `val/acc_top1`, the metric the comparison reports) and, beside it, at its lowest `val/loss`
+(`at_best_val_loss`): on small sets the full arms overfit in loss long before they do in accuracy, so the
+two selections can disagree. Every arm may train `compare.steps_factor` times the fine-tuning steps and
+stops after `compare.patience` validations without a better monitored value, so no arm is starved; the pre-trained and the scratch full arms train with one
 recipe (`compare.full_lr`, `compare.full_warmup_steps`). `finetune_frames` are the valid target frames
 the arm trained on up to that step; `total_frames` adds the frames the base was pre-trained on (the
 `metis.train_frames` its export records).
@@ -34,7 +36,7 @@ ARM_METRICS = ("val/acc_top1", "val/acc_top10", "val/loss", "val/acc_top1_cond_s
 def arm_configs(cfg: DictConfig) -> dict[str, DictConfig]:
     """The runs of a comparison: pre-trained with the configured peft, pre-trained full (when the
     configured peft is LoRA), and scratch (full). Every arm gets the same budget, up to `steps_factor` x
-    trainer.max_steps, early-stopped after `patience` validations without a better val/loss; the two
+    trainer.max_steps, early-stopped after `patience` validations without a better `monitor`; the two
     full arms share one recipe (`full_lr`, `full_warmup_steps`, the adapter at the same lr), so they
     differ only in their init."""
     method = cfg.peft.get("method", "full")
@@ -54,8 +56,8 @@ def arm_configs(cfg: DictConfig) -> dict[str, DictConfig]:
             c.trainer.max_steps = int(cfg.trainer.max_steps) * int(cmp.get("steps_factor", 1))
             if cmp.get("patience"):
                 c.callbacks.early_stopping = {
-                    "_target_": "lightning.pytorch.callbacks.EarlyStopping", "monitor": "val/loss",
-                    "mode": "min", "patience": int(cmp.patience), "check_finite": True}
+                    "_target_": "lightning.pytorch.callbacks.EarlyStopping", "monitor": monitor_of(cfg)[0],
+                    "mode": monitor_of(cfg)[1], "patience": int(cmp.patience), "check_finite": True}
             if peft != method:
                 c.peft = OmegaConf.merge(c.peft, {"method": peft})
                 c.model.peft = c.peft
@@ -88,15 +90,27 @@ def pretrain_frames(init: str | None) -> int | None:
     return int(value) if value is not None else None
 
 
-def best_record(records: list[dict]) -> dict:
-    """The validation with the lowest val/loss (the first on ties); {} without any."""
-    scored = [r for r in records if "val/loss" in r]
-    return min(scored, key=lambda r: r["val/loss"]) if scored else {}
+def monitor_of(cfg: DictConfig) -> tuple[str, str]:
+    """(metric, "min" | "max") that selects each arm's best validation and early-stops it."""
+    cmp = cfg.get("compare") or {}
+    monitor, mode = str(cmp.get("monitor") or "val/loss"), str(cmp.get("mode") or "min")
+    if mode not in ("min", "max"):
+        raise ValueError(f"compare.mode must be 'min' or 'max', got {mode!r}")
+    return monitor, mode
 
 
-def arm_summary(run: dict, init_label: str, peft: str, init: str | None) -> dict:
+def best_record(records: list[dict], monitor: str = "val/loss", mode: str = "min") -> dict:
+    """The validation with the lowest (`mode="min"`) or highest `monitor` (the first on ties); {} without any."""
+    scored = [r for r in records if monitor in r]
+    if not scored:
+        return {}
+    return (min if mode == "min" else max)(scored, key=lambda r: r[monitor])
+
+
+def arm_summary(run: dict, init_label: str, peft: str, init: str | None,
+                monitor: str = "val/loss", mode: str = "min") -> dict:
     records = run["module"].val_records
-    best = best_record(records)
+    best = best_record(records, monitor, mode)
     base = pretrain_frames(init if init_label == "pretrained" else None)
     frames = int(best.get("frames", 0))
     out = {"init": init_label, "peft": peft, "finetune_frames": frames,
@@ -105,6 +119,9 @@ def arm_summary(run: dict, init_label: str, peft: str, init: str | None) -> dict
     for key in ARM_METRICS:
         if key in best:
             out[key.replace("/", "_")] = best[key]
+    by_loss = best_record(records)
+    out["at_best_val_loss"] = {"best_step": int(by_loss.get("step", 0)), "finetune_frames": int(by_loss.get("frames", 0)),
+                               **{k.replace("/", "_"): by_loss[k] for k in ARM_METRICS if k in by_loss}}
     out["curve"] = [{"step": r["step"], "frames": r["frames"], "val_acc_top1": r.get("val/acc_top1"),
                      "val_loss": r.get("val/loss")} for r in records]
     return out
@@ -112,18 +129,19 @@ def arm_summary(run: dict, init_label: str, peft: str, init: str | None) -> dict
 
 def comparison(runs: dict[str, dict], arms: dict[str, DictConfig], cfg: DictConfig, set_size: int | None) -> dict:
     """The comparison.json document of finished runs (`finetune_once` results) and their configs."""
+    monitor, mode = monitor_of(cfg)
     out_arms = {}
     for name, run in runs.items():
         c = arms[name]
         out_arms[name] = arm_summary(run, "scratch" if str(c.init) == "scratch" else "pretrained",
-                                     c.peft.get("method", "full"), str(c.init))
+                                     c.peft.get("method", "full"), str(c.init), monitor, mode)
     # the baselines need no model: the same masks in every arm and validation; taken from the first arm's
     # last validation, whose unigram has counted all of its training tokens
     first = next(iter(runs.values()))
     records = first["module"].val_records
     baselines = baseline_accuracies(records[-1]) if records else {}
     return {"arms": out_arms, "baselines": baselines, "finetune_set_size": set_size, "seed": int(cfg.seed),
-            "task": str(cfg.model.task)}
+            "task": str(cfg.model.task), "selected_by": {"monitor": monitor, "mode": mode}}
 
 
 def write_comparison(doc: dict, out_dir: str | os.PathLike) -> tuple[Path, Path | None]:
@@ -165,14 +183,19 @@ def plot_learning_curves(doc: dict, path: Path) -> Path | None:
 
 def table(doc: dict) -> str:
     """The comparison as printed at the end of a run."""
+    sel = doc.get("selected_by", {"monitor": "val/loss", "mode": "min"})
     head = (f"{'arm':<16} {'steps':>6} {'best':>5} {'ft frames':>10} {'total frames':>13} {'acc@1':>7} "
-            f"{'loss':>7} {'acc@1 cond shuf':>16} {'acc@1 cond 0':>13}")
-    lines = [head, "-" * len(head)]
+            f"{'loss':>7} {'acc@1 cond shuf':>16} {'acc@1 cond 0':>13} | {'at min loss: step':>17} {'acc@1':>7} {'loss':>7}")
+    lines = [f"every arm at its {'lowest' if sel['mode'] == 'min' else 'highest'} {sel['monitor']} "
+             "(right: at its lowest val/loss)", head, "-" * len(head)]
+    nan = float("nan")
     for name, a in doc["arms"].items():
         total = "?" if a["total_frames"] is None else str(a["total_frames"])
+        lo = a.get("at_best_val_loss", {})
         lines.append(f"{name:<16} {a['steps']:>6} {a['best_step']:>5} {a['finetune_frames']:>10} {total:>13} "
-                     f"{a.get('val_acc_top1', float('nan')):>7.4f} {a.get('val_loss', float('nan')):>7.4f} "
-                     f"{a.get('val_acc_top1_cond_shuffled', float('nan')):>16.4f} {a.get('val_acc_top1_cond_zero', float('nan')):>13.4f}")
+                     f"{a.get('val_acc_top1', nan):>7.4f} {a.get('val_loss', nan):>7.4f} "
+                     f"{a.get('val_acc_top1_cond_shuffled', nan):>16.4f} {a.get('val_acc_top1_cond_zero', nan):>13.4f} | "
+                     f"{lo.get('best_step', -1):>17} {lo.get('val_acc_top1', nan):>7.4f} {lo.get('val_loss', nan):>7.4f}")
     for name, acc in doc["baselines"].items():
         lines.append(f"baseline {name:<17} {'':>36} {acc:>7.4f}")
     best = max(doc["arms"].items(), key=lambda kv: kv[1].get("val_acc_top1", -1))

@@ -72,14 +72,19 @@ def test_compare_scratch_writes_the_comparison(tiny_cfg, tmp_path, capsys):
     assert (tmp_path / "outputs" / "cmp" / "learning_curve.png").stat().st_size > 0
     assert set(doc["baselines"]) == {"unigram", "copy_nearest", "condition"}
     assert doc["seed"] == cfg.seed and set(doc["arms"]) == set(out["runs"])
+    assert doc["selected_by"] == {"monitor": cfg.compare.monitor, "mode": cfg.compare.mode}
     for name, arm in doc["arms"].items():
         run = out["runs"][name]
         assert arm["init"] == ("scratch" if name == "scratch" else "pretrained")
         assert arm["peft"] == ("lora" if name == "pretrained_lora" else "full")
         assert arm["steps"] == run["global_step"]
-        best = min((r for r in run["module"].val_records), key=lambda r: r["val/loss"])
+        records = run["module"].val_records
+        best = max(records, key=lambda r: r["val/acc_top1"])  # compare.monitor, the first on ties
         assert (arm["best_step"], arm["val_loss"], arm["val_acc_top1"]) == (best["step"], best["val/loss"], best["val/acc_top1"])
         assert arm["finetune_frames"] == best["frames"]
+        lowest = min(records, key=lambda r: r["val/loss"])
+        by_loss = arm["at_best_val_loss"]
+        assert (by_loss["best_step"], by_loss["val_loss"], by_loss["val_acc_top1"]) == (lowest["step"], lowest["val/loss"], lowest["val/acc_top1"])
         assert "val_acc_top1_cond_shuffled" in arm
     for arm in doc["arms"].values():
         assert 2 <= arm["steps"] <= 6  # every arm up to 3x the steps, early-stopped
@@ -102,8 +107,27 @@ def test_comparison_arms_take_their_optimizer_settings(tiny_cfg, tmp_path):
     for name in ("pretrained_full", "scratch"):  # one recipe: only the init differs
         m = arms[name].model
         assert (m.optimizer.lr, m.scheduler.warmup_steps, m.new_module_lr_scale) == (2e-3, 7, 1.0), name
-    for arm in arms.values():  # one budget
-        assert arm.trainer.max_steps == 15 and arm.callbacks.early_stopping.patience == 2
+    for arm in arms.values():  # one budget, one selection
+        stop = arm.callbacks.early_stopping
+        assert arm.trainer.max_steps == 15 and stop.patience == 2
+        assert (stop.monitor, stop.mode) == (cfg.compare.monitor, cfg.compare.mode)
+
+
+def test_best_record_follows_the_monitor():
+    from metis.lightning.comparison import best_record
+
+    records = [{"step": 0, "val/loss": 4.0, "val/acc_top1": 0.20}, {"step": 40, "val/loss": 3.5, "val/acc_top1": 0.22},
+               {"step": 80, "val/loss": 3.9, "val/acc_top1": 0.25}, {"step": 120, "val/loss": 4.2, "val/acc_top1": 0.25}]
+    assert best_record(records)["step"] == 40
+    assert best_record(records, "val/acc_top1", "max")["step"] == 80  # the first of the ties
+    assert best_record(records, "val/acc_top10", "max") == {}
+
+
+def test_comparison_mode_is_checked(tiny_cfg, tmp_path):
+    from metis.lightning.comparison import arm_configs
+
+    with pytest.raises(ValueError, match="compare.mode"):
+        arm_configs(tiny_cfg(*SE, f"init={tmp_path / 'base.safetensors'}", "compare.mode=up"))
 
 
 @pytest.mark.parametrize("batch_size", [1, 2])
