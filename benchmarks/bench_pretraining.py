@@ -7,7 +7,8 @@
 Each (set size, seed) is one `python finetune.py experiment=<experiment> compare_scratch=true
 data.max_train_shards=<k> seed=<s>` (k task shards of 25 utterances); its comparison.json is read back
 and every arm printed with the baselines. Extra Hydra overrides after `--` go to every run. The table
-is also written to outputs/<experiment>_sweep.json.
+is also written to outputs/<experiment>_sweep.json. The runs start together, when the load average
+does not yet show them, so each gets `num_threads=<usable cores // --jobs>` unless `--` sets one.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from metis.threads import usable_cores  # noqa: E402
 
 
 def run(experiment: str, shards: int, seed: int, extra: list[str], log_dir: Path) -> dict:
@@ -37,6 +40,13 @@ def run(experiment: str, shards: int, seed: int, extra: list[str], log_dir: Path
     doc = json.loads((ROOT / "outputs" / name / "comparison.json").read_text())
     doc["wall_s"] = round(time.time() - t0, 1)
     return doc
+
+
+def thread_share(extra: list[str], jobs: int) -> list[str]:
+    """`extra` with `num_threads=<usable cores // jobs>` added unless it sets num_threads already."""
+    if any(e.split("=", 1)[0].lstrip("+") == "num_threads" for e in extra):
+        return extra
+    return [*extra, f"num_threads={max(1, usable_cores() // max(1, jobs))}"]
 
 
 def main() -> None:
@@ -57,6 +67,7 @@ def main() -> None:
     log_dir = ROOT / "outputs" / f"{args.experiment}_sweep_logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     grid = [(k, s) for k in args.shards for s in args.seeds]
+    extra = thread_share(extra, min(args.jobs, len(grid)))
     with ThreadPoolExecutor(args.jobs) as ex:
         docs = list(ex.map(lambda ks: run(args.experiment, ks[0], ks[1], extra, log_dir), grid))
     print_table(docs)

@@ -141,3 +141,14 @@ def test_condition_ablations_score_the_frames_the_model_is_scored_on(tiny_cfg, t
     before = out["module"].val_records[0]
     assert before["step"] == 0
     assert before["val/acc_top1_cond_shuffled"] == before["val/acc_top1"] == before["val/acc_top1_cond_zero"]
+
+
+def test_comparison_sweep_shares_the_cores_between_its_jobs(monkeypatch):
+    """Runs started together all see an idle machine, so `num_threads=auto` would give each every core."""
+    from tests.bench_scripts import load_benchmark
+
+    bench = load_benchmark("bench_pretraining")
+    monkeypatch.setattr(bench, "usable_cores", lambda: 4)
+    assert bench.thread_share(["seed=1"], 2) == ["seed=1", "num_threads=2"]
+    assert bench.thread_share([], 8) == ["num_threads=1"]
+    assert bench.thread_share(["num_threads=3"], 2) == ["num_threads=3"]
