@@ -12,8 +12,8 @@ adapter, and full) and from random init, the scratch arm trained to its best val
 Every arm is reported at its best validation by `compare.monitor` (`compare.mode`; the demo presets:
 the highest `val/acc_top1`, the metric the comparison reports) and, beside it, at its lowest `val/loss`
 (`at_best_val_loss`): on small sets the full arms overfit in loss long before they do in accuracy, so the
-two selections can disagree. Every arm may train `compare.steps_factor` times the fine-tuning steps and
-stops after `compare.patience` validations without a better monitored value, so no arm is starved; the pre-trained and the scratch full arms train with one
+two selections can disagree. Every arm trains at least the fine-tuning steps and up to `compare.steps_factor` times them,
+stopping after `compare.patience` validations without a better monitored value, so no arm is starved; the pre-trained and the scratch full arms train with one
 recipe (`compare.full_lr`, `compare.full_warmup_steps`). `finetune_frames` are the valid target frames
 the arm trained on up to that step; `total_frames` adds the frames the base was pre-trained on (the
 `metis.train_frames` its export records).
@@ -38,7 +38,7 @@ def arm_configs(cfg: DictConfig) -> dict[str, DictConfig]:
     configured peft is LoRA), and scratch (full). Every arm gets the same budget, up to `steps_factor` x
     trainer.max_steps, early-stopped after `patience` validations without a better `monitor`; the two
     full arms share one recipe (`full_lr`, `full_warmup_steps`, the adapter at the same lr), so they
-    differ only in their init."""
+    differ only in their init. No arm stops before trainer.max_steps."""
     method = cfg.peft.get("method", "full")
     arms = {f"pretrained_{method}": ("pretrained", method)}
     if method != "full":
@@ -54,6 +54,9 @@ def arm_configs(cfg: DictConfig) -> dict[str, DictConfig]:
             c.validate_before = True
             c.validate_after = True
             c.trainer.max_steps = int(cfg.trainer.max_steps) * int(cmp.get("steps_factor", 1))
+            # never stopped before the fine-tuning steps: LoRA's held-out acc@1 dips for a few hundred steps
+            # while its adapter starts to read the condition, and early stopping on it would end the arm there
+            c.trainer.min_steps = int(cfg.trainer.max_steps)
             if cmp.get("patience"):
                 c.callbacks.early_stopping = {
                     "_target_": "lightning.pytorch.callbacks.EarlyStopping", "monitor": monitor_of(cfg)[0],
