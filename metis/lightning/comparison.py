@@ -57,6 +57,7 @@ def arm_configs(cfg: DictConfig) -> dict[str, DictConfig]:
             # never stopped before the fine-tuning steps: LoRA's held-out acc@1 dips for a few hundred steps
             # while its adapter starts to read the condition, and early stopping on it would end the arm there
             c.trainer.min_steps = int(cfg.trainer.max_steps)
+            c.trainer.min_epochs = 0  # else Lightning sets 1 with min_steps, and a one-epoch run never stops early
             if cmp.get("patience"):
                 c.callbacks.early_stopping = {
                     "_target_": "lightning.pytorch.callbacks.EarlyStopping", "monitor": monitor_of(cfg)[0],

@@ -113,6 +113,17 @@ def test_comparison_arms_take_their_optimizer_settings(tiny_cfg, tmp_path):
         assert (stop.monitor, stop.mode) == (cfg.compare.monitor, cfg.compare.mode)
 
 
+def test_comparison_arms_stop_early_after_their_minimum(tiny_cfg, tmp_path):
+    """The copy-nearest baseline is the same at every validation (same masks), so monitored it never
+    improves: with patience 1 every arm must stop at the first validation past trainer.max_steps."""
+    base = _base(tmp_path / "base.safetensors")
+    cfg = tiny_cfg(*SE, f"init={base}", "run_name=stop", "ckpt_path=null", "compare_scratch=true", "trainer.max_steps=2",
+                   "trainer.val_check_interval=1", "compare.steps_factor=4", "compare.patience=1",
+                   "compare.monitor=val/baseline_copy_nearest_acc_top1")
+    out = finetune(cfg)
+    assert {name: run["global_step"] for name, run in out["runs"].items()} == dict.fromkeys(out["runs"], 2)
+
+
 def test_best_record_follows_the_monitor():
     from metis.lightning.comparison import best_record
 
