@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from metis.lightning.comparison import LOSS_SELECTION  # noqa: E402
 from metis.threads import usable_cores  # noqa: E402
 
 
@@ -82,7 +83,7 @@ def print_table(docs: list[dict]) -> None:
     print(head)
     print("-" * len(head))
     for doc in docs:
-        sel = doc.get("selected_by", {"monitor": "val/loss", "mode": "min"})
+        sel = doc.get("selected_by", LOSS_SELECTION)
         print(f"{doc['finetune_set_size']:>4} {doc['seed']:>4} every arm at its {sel['mode']} {sel['monitor']} "
               "(right: at its lowest val/loss)")
         for name, a in doc["arms"].items():

@@ -30,6 +30,8 @@ from safetensors import safe_open
 from metis.atomic import atomic_write, write_json
 from metis.lightning.baselines import baseline_accuracies
 
+# what comparisons written before `selected_by` existed selected by (and compare.* without monitor/mode)
+LOSS_SELECTION = {"monitor": "val/loss", "mode": "min"}
 ARM_METRICS = ("val/acc_top1", "val/acc_top10", "val/loss", "val/acc_top1_cond_shuffled", "val/acc_top1_cond_zero")
 
 
@@ -45,6 +47,7 @@ def arm_configs(cfg: DictConfig) -> dict[str, DictConfig]:
         arms["pretrained_full"] = ("pretrained", "full")
     arms["scratch"] = ("scratch", "full")
     cmp = cfg.get("compare") or {}
+    monitor, mode = monitor_of(cfg)
     out = {}
     for name, (init, peft) in arms.items():
         c = cfg.copy()
@@ -60,8 +63,8 @@ def arm_configs(cfg: DictConfig) -> dict[str, DictConfig]:
             c.trainer.min_epochs = 0  # else Lightning sets 1 with min_steps, and a one-epoch run never stops early
             if cmp.get("patience"):
                 c.callbacks.early_stopping = {
-                    "_target_": "lightning.pytorch.callbacks.EarlyStopping", "monitor": monitor_of(cfg)[0],
-                    "mode": monitor_of(cfg)[1], "patience": int(cmp.patience), "check_finite": True}
+                    "_target_": "lightning.pytorch.callbacks.EarlyStopping", "monitor": monitor,
+                    "mode": mode, "patience": int(cmp.patience), "check_finite": True}
             if peft != method:
                 c.peft = OmegaConf.merge(c.peft, {"method": peft})
                 c.model.peft = c.peft
@@ -97,7 +100,8 @@ def pretrain_frames(init: str | None) -> int | None:
 def monitor_of(cfg: DictConfig) -> tuple[str, str]:
     """(metric, "min" | "max") that selects each arm's best validation and early-stops it."""
     cmp = cfg.get("compare") or {}
-    monitor, mode = str(cmp.get("monitor") or "val/loss"), str(cmp.get("mode") or "min")
+    monitor = str(cmp.get("monitor") or LOSS_SELECTION["monitor"])
+    mode = str(cmp.get("mode") or LOSS_SELECTION["mode"])
     if mode not in ("min", "max"):
         raise ValueError(f"compare.mode must be 'min' or 'max', got {mode!r}")
     return monitor, mode
@@ -187,7 +191,7 @@ def plot_learning_curves(doc: dict, path: Path) -> Path | None:
 
 def table(doc: dict) -> str:
     """The comparison as printed at the end of a run."""
-    sel = doc.get("selected_by", {"monitor": "val/loss", "mode": "min"})
+    sel = doc.get("selected_by", LOSS_SELECTION)
     head = (f"{'arm':<16} {'steps':>6} {'best':>5} {'ft frames':>10} {'total frames':>13} {'acc@1':>7} "
             f"{'loss':>7} {'acc@1 cond shuf':>16} {'acc@1 cond 0':>13} | {'at min loss: step':>17} {'acc@1':>7} {'loss':>7}")
     lines = [f"every arm at its {'lowest' if sel['mode'] == 'min' else 'highest'} {sel['monitor']} "
